@@ -1,0 +1,59 @@
+"""Concept sets: named visual concepts, each described by a few words."""
+from __future__ import annotations
+
+import json
+import os
+
+DEFAULT_CONCEPTS_PATH = os.path.join(os.path.dirname(__file__), "data", "default_concepts.json")
+
+
+class ConceptSetError(ValueError):
+    pass
+
+
+def load_concept_set(path: str | None = None) -> dict[str, list[str]]:
+    """{concept: [words]} in row order, from our JSON format or a text file of `Concept: word, word` lines."""
+    path = path or DEFAULT_CONCEPTS_PATH
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConceptSetError(f"cannot read concept set {path}: {e.strerror}") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConceptSetError(f"concept set {path} is not valid JSON: {e}") from None
+        concepts = data.get("concepts") if isinstance(data, dict) else None
+        if not isinstance(concepts, dict):
+            raise ConceptSetError(f"concept set {path} needs a \"concepts\" object of name -> [words]")
+    else:
+        concepts = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, words = line.partition(":")
+            if not sep:
+                raise ConceptSetError(f"{path}:{number}: expected `Concept: word, word, ...`")
+            concepts[name.strip()] = [w.strip() for w in words.split(",")]
+    return validate_concept_set(concepts)
+
+
+def validate_concept_set(concepts: dict) -> dict[str, list[str]]:
+    if len(concepts) < 2:
+        raise ConceptSetError(f"a concept set needs at least 2 concepts, got {len(concepts)}")
+    clean: dict[str, list[str]] = {}
+    for name, words in concepts.items():
+        name = str(name).strip()
+        if not name:
+            raise ConceptSetError("a concept has an empty name")
+        if name.lower() in {c.lower() for c in clean}:
+            raise ConceptSetError(f"concept {name!r} appears twice")
+        if not isinstance(words, list) or not [w for w in words if str(w).strip()]:
+            raise ConceptSetError(f"concept {name!r} has no words: give it at least one")
+        clean[name] = [str(w).strip() for w in words if str(w).strip()]
+    return clean
+
+
+def default_concept_names() -> list[str]:
+    return list(load_concept_set().keys())
