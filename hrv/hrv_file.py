@@ -7,6 +7,7 @@ provenance (JSON), normalisation.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -51,7 +52,7 @@ class HRV:
         try:
             return lowered[name.strip().lower()]
         except KeyError:
-            raise KeyError(f"concept {name!r} is not in this HRV; it has: {', '.join(self.concepts)}") from None
+            raise ValueError(f"concept {name!r} is not in this HRV; pick one of: {', '.join(self.concepts)}") from None
 
     def row(self, name: str) -> torch.Tensor:
         """float32 [H] relevance of every head for one concept (mean 1)."""
@@ -96,6 +97,16 @@ def validate(hrv: HRV) -> None:
             raise HRVFileError(f"'{name}' contains negative, NaN or infinite values")
 
 
+def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 over metadata and tensor bytes: any bit flip that still parses is caught on load."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in metadata.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save(hrv: HRV, path: str) -> None:
     """Write atomically: a reader never sees a half-written file."""
     from safetensors.torch import save_file
@@ -108,6 +119,7 @@ def save(hrv: HRV, path: str) -> None:
     metadata = {"format": FORMAT, "architecture": hrv.arch, "normalisation": NORMALISATION,
                 "head_layout": json.dumps(hrv.layout.compact()), "concepts": json.dumps(hrv.concepts),
                 "provenance": json.dumps(hrv.provenance, sort_keys=True)}
+    metadata["checksum"] = checksum(tensors, metadata)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".hrv-", suffix=".tmp", dir=directory)
@@ -172,6 +184,9 @@ def load(path: str) -> HRV:
         raise
     except Exception as e:  # safetensors raises several types for damaged data
         raise HRVFileError(f"the file's tensors cannot be read ({type(e).__name__}): it is damaged") from None
+    if meta.get("checksum") != checksum(tensors, meta):
+        raise HRVFileError(f"{os.path.basename(path)} fails its checksum: the file is damaged; "
+                           "download, re-import or rebuild it")
     try:
         arch = meta.get("architecture", "")
         compact = json.loads(meta.get("head_layout", "null"))
