@@ -170,6 +170,8 @@ def load(path: str) -> HRV:
                            "with `python -m hrv import-official SRC_DIR OUT_DIR`")
     header = _read_header(path)
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise HRVFileError(f"{os.path.basename(path)} has malformed metadata: it is damaged or not an HRV")
     if meta.get("format") != FORMAT:
         raise HRVFileError(f"{os.path.basename(path)} is not an HRV file (format {meta.get('format')!r}, "
                            f"expected {FORMAT!r})")
@@ -184,6 +186,10 @@ def load(path: str) -> HRV:
         raise
     except Exception as e:  # safetensors raises several types for damaged data
         raise HRVFileError(f"the file's tensors cannot be read ({type(e).__name__}): it is damaged") from None
+    expected = {"hrv": torch.float32, "votes": torch.int64, "hrv_per_timestep": torch.float32}
+    for name, t in tensors.items():
+        if t.dtype != expected[name]:
+            raise HRVFileError(f"tensor {name!r} is {t.dtype}, expected {expected[name]}: it is not an HRV")
     if meta.get("checksum") != checksum(tensors, meta):
         raise HRVFileError(f"{os.path.basename(path)} fails its checksum: the file is damaged; "
                            "download, re-import or rebuild it")
