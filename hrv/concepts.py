@@ -57,3 +57,33 @@ def validate_concept_set(concepts: dict) -> dict[str, list[str]]:
 
 def default_concept_names() -> list[str]:
     return list(load_concept_set().keys())
+
+
+def parse_concept_text(text: str, source: str = "the concept text") -> dict[str, list[str]]:
+    """{concept: [words]} from text typed in a node: our JSON format or `Concept: word, word` lines."""
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConceptSetError(f"{source} is not valid JSON: {e}") from None
+        concepts = data.get("concepts", data) if isinstance(data, dict) else None
+        if not isinstance(concepts, dict):
+            raise ConceptSetError(f"{source} needs a \"concepts\" object of name -> [words]")
+        return validate_concept_set(concepts)
+    concepts = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, words = line.partition(":")
+        if not sep:
+            raise ConceptSetError(f"{source}, line {number}: expected `Concept: word, word, ...`")
+        concepts[name.strip()] = [w.strip() for w in words.split(",")]
+    return validate_concept_set(concepts)
+
+
+def extend_concept_set(base: dict[str, list[str]], extra: dict[str, list[str]]) -> dict[str, list[str]]:
+    """base plus extra concepts; an extra concept with a base concept's name is an error, not an override."""
+    clash = {c.lower() for c in base} & {c.lower() for c in extra}
+    if clash:
+        raise ConceptSetError(f"concept(s) {', '.join(sorted(clash))} are already in the default set: rename them")
+    return validate_concept_set({**base, **extra})

@@ -157,3 +157,19 @@ def layout_of_unet(diffusion_model) -> HeadLayout:
         if layout.compact() == [list(f) for f in found]:
             return layout
     return HeadLayout("custom", found)
+
+
+def cross_attention_modules(diffusion_model) -> dict[tuple[str, int, int], object]:
+    """{attn2 key: the attn2 module} of a ComfyUI UNetModel, in execution order (same walk as above)."""
+    groups = [("input", i, blk) for i, blk in enumerate(getattr(diffusion_model, "input_blocks", []))]
+    if getattr(diffusion_model, "middle_block", None) is not None:
+        groups.append(("middle", 0, diffusion_model.middle_block))
+    groups += [("output", i, blk) for i, blk in enumerate(getattr(diffusion_model, "output_blocks", []))]
+    found = {}
+    for name, block_id, blk in groups:
+        transformers = [t for layer in blk for t in getattr(layer, "transformer_blocks", [])]
+        for index, transformer in enumerate(transformers):
+            attn2 = getattr(transformer, "attn2", None)
+            if attn2 is not None:
+                found[(name, block_id, index)] = attn2
+    return found
