@@ -59,8 +59,12 @@ def default_concept_names() -> list[str]:
     return list(load_concept_set().keys())
 
 
-def parse_concept_text(text: str, source: str = "the concept text") -> dict[str, list[str]]:
-    """{concept: [words]} from text typed in a node: our JSON format or `Concept: word, word` lines."""
+def parse_concept_text(text: str, source: str = "the concept text", complete: bool = True) -> dict[str, list[str]]:
+    """{concept: [words]} from text typed in a node: our JSON format or `Concept: word, word` lines.
+
+    complete=False parses concepts meant to extend another set (fewer than 2 is fine then).
+    """
+    check = validate_concept_set if complete else _validate_extension
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -69,7 +73,7 @@ def parse_concept_text(text: str, source: str = "the concept text") -> dict[str,
         concepts = data.get("concepts", data) if isinstance(data, dict) else None
         if not isinstance(concepts, dict):
             raise ConceptSetError(f"{source} needs a \"concepts\" object of name -> [words]")
-        return validate_concept_set(concepts)
+        return check(concepts)
     concepts = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -78,7 +82,15 @@ def parse_concept_text(text: str, source: str = "the concept text") -> dict[str,
         if not sep:
             raise ConceptSetError(f"{source}, line {number}: expected `Concept: word, word, ...`")
         concepts[name.strip()] = [w.strip() for w in words.split(",")]
-    return validate_concept_set(concepts)
+    return check(concepts)
+
+
+def _validate_extension(concepts: dict) -> dict[str, list[str]]:
+    if not concepts:
+        raise ConceptSetError("no concepts given: write one `Concept: word, word, ...` per line")
+    # Borrow the full check with a placeholder so names and words are validated the same way.
+    placeholder = "\x00placeholder"
+    return {k: v for k, v in validate_concept_set({**concepts, placeholder: ["x"]}).items() if k != placeholder}
 
 
 def extend_concept_set(base: dict[str, list[str]], extra: dict[str, list[str]]) -> dict[str, list[str]]:
