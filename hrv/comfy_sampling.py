@@ -44,7 +44,9 @@ class ComfyPromptSampler:
                  "target_width": s.width, "target_height": s.height}
         return [[cond, extra]]
 
-    def __call__(self, model, prompt: str, seed: int, step_done: Callable[[int], None]) -> None:
+    @torch.inference_mode()
+    def __call__(self, model, prompt: str, seed: int, step_done: Callable[[int], None]) -> torch.Tensor:
+        """The denoised latent [1, 4, h/8, w/8]; step_done(i) after every step i."""
         import comfy.sample
         s = self.settings
         if self._negative is None:
@@ -52,9 +54,9 @@ class ComfyPromptSampler:
         latent = torch.zeros([1, self.latent_channels, s.height // 8, s.width // 8])
         latent = comfy.sample.fix_empty_latent_channels(model, latent)
         noise = comfy.sample.prepare_noise(latent, seed)
-        comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, self._conditioning(prompt),
-                            self._negative, latent, seed=seed, disable_pbar=True,
-                            callback=lambda step, x0, x, total: step_done(step))
+        return comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, self._conditioning(prompt),
+                                   self._negative, latent, seed=seed, disable_pbar=True,
+                                   callback=lambda step, x0, x, total: step_done(step))
 
 
 def load_checkpoint(path: str):

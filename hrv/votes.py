@@ -10,7 +10,6 @@ Pure torch: the ComfyUI attention function is passed in by the caller.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -18,8 +17,6 @@ from typing import Callable
 import torch
 
 from .layout import HeadLayout, cross_attention_modules, layout_of_unet
-
-log = logging.getLogger("hrv.votes")
 
 # Upper bound on the [B, heads, n, W] score chunk, in elements (64 MiB of float32).
 MAX_SCORE_ELEMENTS = 1 << 24
@@ -143,7 +140,7 @@ class VoteRecorder:
         self._keys: dict = {}                     # attn2 key -> [W, heads*d] scaled keys
         self._word_concept: dict = {}             # device -> int64 [W]
         self._columns: dict = {}                  # (attn2 key, device) -> int64 [heads]
-        self._warned_overflow = False
+        self._step_for: tuple = (None, None)      # (sigmas tensor of the current model call, its step)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -152,9 +149,10 @@ class VoteRecorder:
     def start_prompt(self) -> None:
         self.counts = None
         self.step = 0
+        self._step_for = (None, None)
 
     def end_step(self, step_index: int) -> None:
-        """Sampler callback: step `step_index` is done; later model calls belong to the next step."""
+        """Sampler callback: step `step_index` is done (used only when ComfyUI gives no sample_sigmas)."""
         self.step = int(step_index) + 1
 
     def take_prompt_counts(self) -> torch.Tensor:
@@ -174,6 +172,26 @@ class VoteRecorder:
             self._keys[key] = keys
         return keys
 
+    def current_step(self, extra_options: dict, device) -> torch.Tensor:
+        """int64 scalar tensor on `device`: the step whose noise level this model call runs at.
+
+        With ComfyUI's sample_sigmas s_0 > ... > s_S, a call at sigma belongs to step i when
+        sigma is s_i or lies in (s_{i+1}, s_i): the second call of a 2nd-order step at s_{i+1}
+        (Heun) counts for step i+1, a midpoint call (DPM2) for step i. Computed on the device
+        (no host sync) once per model call; without sample_sigmas the sampler callback decides.
+        """
+        sigmas, schedule = extra_options.get("sigmas"), extra_options.get("sample_sigmas")
+        if sigmas is None or schedule is None:
+            return torch.tensor(min(self.step, self.steps - 1), device=device)
+        if sigmas is not self._step_for[0]:
+            sigma = sigmas.reshape(-1)[0].to(device=device, dtype=torch.float32)
+            levels = schedule[:self.steps].to(device=device, dtype=torch.float32)
+            close = torch.isclose(levels, sigma, rtol=1e-4, atol=0.0)
+            interval = (levels >= sigma).sum() - 1
+            step = torch.where(close.any(), close.to(torch.int64).argmax(), interval).clamp(0, self.steps - 1)
+            self._step_for = (sigmas, step)
+        return self._step_for[1]
+
     def record(self, key, q: torch.Tensor, extra_options: dict) -> None:
         cond = conditional_rows(q, extra_options.get("cond_or_uncond"))
         if cond is None:
@@ -188,16 +206,10 @@ class VoteRecorder:
                           lambda: torch.arange(block.first_column, block.first_column + heads))
         if self.counts is None:
             self.counts = torch.zeros(self.shape, dtype=torch.int64, device=device)
-        step = self.step
-        if step >= self.steps:
-            # A sampler that calls its callback fewer times than it steps; keep the votes, in the last row.
-            if not self._warned_overflow:
-                log.warning("sampler ran past %d steps; extra votes go to the last step", self.steps)
-                self._warned_overflow = True
-            step = self.steps - 1
+        step = self.current_step(extra_options, device).expand(concepts.numel())
         ones = torch.ones(concepts.numel(), dtype=torch.int64, device=device)
-        self.counts[step].index_put_((concepts.reshape(-1), columns.expand_as(concepts).reshape(-1)),
-                                     ones, accumulate=True)
+        self.counts.index_put_((step, concepts.reshape(-1), columns.expand_as(concepts).reshape(-1)),
+                               ones, accumulate=True)
 
 
 def _cached(cache: dict, cache_key, device, make) -> torch.Tensor:

@@ -36,7 +36,7 @@ def tiny_sd1_clip(seed: int = 1):
     import comfy.sd
     import comfy.supported_models
     target = comfy.supported_models.SD15(unet_config("sd1", "tiny")).clip_target()
-    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP)})
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": dict(TINY_CLIP)})
     init_random_(clip.cond_stage_model, seed)
     return clip
 
