@@ -18,8 +18,15 @@ import torch
 
 from .layout import HeadLayout, cross_attention_modules, layout_of_unet
 
-# Upper bound on the [B, heads, n, W] score chunk, in elements (64 MiB of float32).
-MAX_SCORE_ELEMENTS = 1 << 24
+# Upper bound on the [B, heads, n, W] score chunk, in elements. On a GPU big chunks mean few
+# kernel launches (64 MiB of float32); on a CPU a chunk that stays in cache (2 MiB) while it is
+# multiplied, soft-maxed and summed is 3-4x faster than one big pass (bench/build.py).
+MAX_SCORE_ELEMENTS = {"cpu": 1 << 19}
+MAX_SCORE_ELEMENTS_DEFAULT = 1 << 24
+
+
+def default_max_elements(device) -> int:
+    return MAX_SCORE_ELEMENTS.get(torch.device(device).type, MAX_SCORE_ELEMENTS_DEFAULT)
 
 
 class ConceptWordsError(ValueError):
@@ -74,7 +81,7 @@ class ConceptWords:
 
 
 def mean_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int,
-                        max_elements: int = MAX_SCORE_ELEMENTS) -> torch.Tensor:
+                        max_elements: int | None = None) -> torch.Tensor:
     """Mean over positions of each head's softmax over the concept words.
 
     q [B, N, heads*d] (projected queries), keys [W, heads*d] (projected concept keys, already
@@ -88,6 +95,7 @@ def mean_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int,
     words = keys.shape[0]
     kt = keys.reshape(words, heads, d).permute(1, 2, 0)        # [heads, d, W]
     qh = q.reshape(batch, positions, heads, d).transpose(1, 2)  # [B, heads, N, d]
+    max_elements = max_elements or default_max_elements(q.device)
     chunk = max(1, max_elements // max(1, batch * heads * words))
     total = torch.zeros((batch, heads, words), dtype=torch.float32, device=q.device)
     for start in range(0, positions, chunk):
@@ -97,7 +105,7 @@ def mean_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int,
 
 
 def head_vote_concepts(q: torch.Tensor, keys: torch.Tensor, heads: int, word_concept: torch.Tensor,
-                       max_elements: int = MAX_SCORE_ELEMENTS) -> torch.Tensor:
+                       max_elements: int | None = None) -> torch.Tensor:
     """int64 [B, heads]: the concept each head votes for (the concept of its argmax word)."""
     return word_concept[mean_word_attention(q, keys, heads, max_elements).argmax(-1)]
 
@@ -127,7 +135,7 @@ class VoteRecorder:
     """
 
     def __init__(self, layout: HeadLayout, words: ConceptWords, steps: int, attn_modules: dict,
-                 max_elements: int = MAX_SCORE_ELEMENTS):
+                 max_elements: int | None = None):
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         self.layout = layout
@@ -239,7 +247,7 @@ def make_vote_patch(recorder: VoteRecorder, key, inner: AttentionFn) -> Attentio
 
 
 def install_vote_patches(model, words: ConceptWords, steps: int, optimized_attention,
-                         max_elements: int = MAX_SCORE_ELEMENTS):
+                         max_elements: int | None = None):
     """Clone a ComfyUI ModelPatcher and put a vote patch on every attn2; returns (clone, recorder).
 
     An attn2 replacement already on the model (per transformer or per block) becomes the
