@@ -108,7 +108,8 @@ def build(args):
         raise BuildError(f"no checkpoint at {args.ckpt}")
     model_id = model_id_of(args.ckpt)
     if args.ray:
-        hrv = build_on_ray(args, functools.partial(comfy_sampling.load_checkpoint, os.path.abspath(args.ckpt)), model_id)
+        loader = functools.partial(comfy_sampling.load_checkpoint, os.path.abspath(args.ckpt), cpu=args.cpu or None)
+        hrv = build_on_ray(args, loader, model_id)
     else:
         model, clip = comfy_sampling.load_checkpoint(args.ckpt)
         hrv = build_with(args, model, clip, model_id)

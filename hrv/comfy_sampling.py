@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from typing import Callable
 
 import torch
@@ -59,10 +60,15 @@ class ComfyPromptSampler:
                                    callback=lambda step, x0, x, total: step_done(step))
 
 
-def load_checkpoint(path: str):
-    """(model, clip) of an SD1.x/SDXL checkpoint, through ComfyUI's own loader."""
-    from .comfy_host import use_comfyui
-    use_comfyui(cpu=not torch.cuda.is_available())
+def load_checkpoint(path: str, cpu: bool | None = None):
+    """(model, clip) of an SD1.x/SDXL checkpoint, through ComfyUI's own loader.
+
+    In a fresh process (a Ray worker) this first puts ComfyUI on sys.path, on the CPU if
+    `cpu` (default: when no CUDA device is visible).
+    """
+    if "comfy.model_management" not in sys.modules:
+        from .comfy_host import use_comfyui
+        use_comfyui(cpu=cpu if cpu is not None else not torch.cuda.is_available())
     import comfy.sd
     out = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)
     model, clip = out[0], out[1]

@@ -67,6 +67,17 @@ def test_concept_word_embeddings_average_the_semantic_tokens(pipeline):
     assert torch.allclose(words.embeddings[2], cond[0, positions].float().mean(0), atol=1e-5)
 
 
+def test_sdxl_concept_words_concatenate_clip_l_and_clip_g():
+    from hrv.testing.tiny_pipeline import tiny_sdxl_clip
+    clip = tiny_sdxl_clip()
+    words = encode_concept_words(clip, {"A": ["dark green", "red"], "B": ["cat"]})
+    assert words.embeddings.shape == (3, 2048)
+    tokens = clip.tokenize("dark green", return_word_ids=True)
+    assert semantic_positions(tokens["l"]) == semantic_positions(tokens["g"]) == [1, 2]   # g pads with 0, l with end
+    cond = clip.encode_from_tokens(tokens)
+    assert torch.allclose(words.embeddings[0], cond[0, [1, 2]].float().mean(0), atol=1e-5)
+
+
 def test_shards_merge_into_the_single_run_file_bit_for_bit(pipeline, single_run, tmp_path):
     shards = [build(pipeline, shard=Shard(i, 2)) for i in range(2)]
     assert [s.provenance["prompts_built"] for s in shards] == [3, 2]

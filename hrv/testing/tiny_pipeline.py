@@ -44,3 +44,17 @@ def tiny_sd1_clip(seed: int = 1):
 def tiny_sd1_pipeline(seed: int = 0):
     """(ModelPatcher, CLIP); the same seed gives the same weights in every process."""
     return tiny_sd1_model(seed), tiny_sd1_clip(seed + 1)
+
+
+def tiny_sdxl_clip(seed: int = 2):
+    """ComfyUI's SDXL CLIP (clip_l || clip_g, 2048-dim tokens) with 3 small layers each (SDXL reads layer -2)."""
+    from ..comfy_host import use_comfyui
+    use_comfyui(cpu=True)
+    import comfy.sd
+    import comfy.supported_models
+    target = comfy.supported_models.SDXL(unet_config("sdxl", "full")).clip_target()
+    small = {"num_hidden_layers": 3, "intermediate_size": 256}
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "clip_l_model_config": dict(small),
+                                                "clip_g_model_config": dict(small)})
+    init_random_(clip.cond_stage_model, seed)
+    return clip
