@@ -10,6 +10,7 @@ Pure torch: the ComfyUI attention function is passed in by the caller.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -230,11 +231,29 @@ def _cached(cache: dict, cache_key, device, make) -> torch.Tensor:
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
 
+def _accepts_transformer_options(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "transformer_options" or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def fused_attention(optimized_attention) -> AttentionFn:
-    """The attention that attn2 runs when no replacement is installed, as a replacement."""
-    def attention(q, k, v, extra_options):
-        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                                   transformer_options=extra_options)
+    """The attention that attn2 runs when no replacement is installed, as a replacement.
+
+    transformer_options is passed where the attention function takes it (ComfyUI >= 0.3.6x
+    routes attention overrides through it); older versions get the old signature.
+    """
+    if _accepts_transformer_options(optimized_attention):
+        def attention(q, k, v, extra_options):
+            return optimized_attention(q, k, v, extra_options["n_heads"],
+                                       attn_precision=extra_options.get("attn_precision"),
+                                       transformer_options=extra_options)
+    else:
+        def attention(q, k, v, extra_options):
+            return optimized_attention(q, k, v, extra_options["n_heads"],
+                                       attn_precision=extra_options.get("attn_precision"))
     return attention
 
 
