@@ -12,6 +12,15 @@ from hrv.testing.tiny_pipeline import tiny_sd1_pipeline
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pack():
     """The node pack imported as a package, the way ComfyUI loads custom nodes."""

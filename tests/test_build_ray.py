@@ -18,7 +18,7 @@ SETTINGS = BuildSettings(steps=2, cfg=5.0, seed=9, width=128, height=128)
 
 
 def single_run_one_thread():
-    """The reference, computed like a Ray CPU task does: one torch thread."""
+    """The reference, computed like a Ray CPU task does (num_cpus=1: one torch thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -26,6 +26,15 @@ PROMPTS = ["a cat on a mat", "a blue car", "a wooden chair", "two dogs", "a meta
 SETTINGS = BuildSettings(steps=2, cfg=5.0, seed=3, width=128, height=128)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pipeline():
     model, clip = tiny_sd1_pipeline(0)
@@ -105,6 +114,7 @@ def killed_run(checkpoint: str, kill_at_step: int) -> None:
     def progress(done, total):
         if done == kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+    torch.set_num_threads(1)                                    # like the test process: identical floats
     model, clip = tiny_sd1_pipeline(0)
     words = encode_concept_words(clip, CONCEPTS)
     run_build(model, words, PROMPTS, SETTINGS, ComfyPromptSampler(clip_text_encoder(clip), SETTINGS),

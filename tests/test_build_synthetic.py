@@ -18,6 +18,15 @@ from hrv.votes import ConceptWords
 PROMPTS = ["a photo of a cat", "a red car", "an old castle"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_text_encoder(seed=7):
     """Prompt conditioning [1, 77, 768] per prompt (no CLIP needed for the engineered model)."""
     def encode(text):

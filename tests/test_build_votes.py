@@ -9,6 +9,15 @@ from hrv.votes import (ConceptWords, ConceptWordsError, VoteRecorder, conditiona
                        install_vote_patches, make_vote_patch, mean_word_attention)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def naive_mean_word_attention(q, keys, heads):
     """Loop form of the paper's definition: per head, per position, softmax over words, then the mean."""
     batch, positions, inner = q.shape
