@@ -46,15 +46,16 @@ def build_shard(loader: Callable, prompts: list[str], concepts: dict, settings: 
     from .concept_embed import encode_concept_words
     model, clip = loader()
     words = encode_concept_words(clip, concepts)
-    progress = None
-    if tracker is not None:
-        def progress(done, total):
-            tracker.report.remote(shard.index, done, total)
+
+    def report(done, total):
+        tracker.report.remote(shard.index, done, total)   # fire and forget: never waits for the driver
+
     if checkpoint_path:
         os.makedirs(os.path.dirname(os.path.abspath(checkpoint_path)), exist_ok=True)
     return run_build(model, words, prompts, settings, ComfyPromptSampler(clip_text_encoder(clip), settings),
                      optimized_attention(), shard=shard, checkpoint_path=checkpoint_path, resume=resume,
-                     checkpoint_every=checkpoint_every, progress=progress, model_id=model_id)
+                     checkpoint_every=checkpoint_every, progress=report if tracker is not None else None,
+                     model_id=model_id)
 
 
 class ProgressTracker:
