@@ -26,7 +26,7 @@ PAPER_PROMPTS, PAPER_STEPS = 2100, 50
 def main() -> int:
     import torch
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--pairs", type=int, default=0, help="timed (plain, vote) pairs; 0 = fit ~4 minutes")
+    p.add_argument("--pairs", type=int, default=0, help="timed (plain, vote) pairs; 0 = fit ~2.5 minutes of timing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
     p.add_argument("--latent", type=int, default=64)
@@ -82,7 +82,7 @@ def main() -> int:
         recorder.start_prompt()
         warm_plain, warm_vote = step(False), step(True)        # the vote warm-up also computes the concept keys
         print(f"warm-up: plain {warm_plain:.3f}s, vote {warm_vote:.3f}s")
-        pairs = args.pairs or max(3, min(12, int(200 / (warm_plain + warm_vote))))
+        pairs = args.pairs or max(3, min(12, int(150 / (warm_plain + warm_vote))))
         plain, vote = [], []
         for i in range(pairs):
             # ABBA order so slow drift (thermal, other load) hits both sides equally
