@@ -29,3 +29,16 @@ def use_comfyui(cpu: bool = True) -> str:
     import comfy.cli_args
     comfy.cli_args.args.cpu = cpu
     return path
+
+
+def import_pack(name: str = "comfyui_hrv"):
+    """Import this node pack as a package, the way ComfyUI's custom-node loader does."""
+    import importlib.util
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(PACK_DIR, "__init__.py"),
+                                                  submodule_search_locations=[PACK_DIR])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
