@@ -1,0 +1,117 @@
+"""The pack on the real ComfyUI: registration on the server, UI workflows through ComfyUI's executor."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+WORKFLOWS = os.path.join(os.path.dirname(__file__), "workflows")
+PACK_FOLDER = "comfyui-hrv"
+
+
+def load_workflow(name):
+    with open(os.path.join(WORKFLOWS, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- (a) registration on the real server ------------------------------------------------------
+
+def test_pack_registers_on_real_server(comfy_base, pack, tmp_path):
+    from hrv.testing.server import get_json, running_server
+    log_path = str(tmp_path / "comfyui.log")
+    with running_server(comfy_base, log_path) as url:
+        info = get_json(url + "/object_info", timeout=60)
+    server_log = open(log_path, encoding="utf-8", errors="replace").read()
+    assert f"Cannot import {os.path.join(comfy_base, 'custom_nodes', PACK_FOLDER)}" not in server_log, server_log[-4000:]
+
+    ours = pack.NODE_CLASS_MAPPINGS
+    assert ours, "the pack registers no nodes"
+    served = {name for name, entry in info.items() if entry.get("python_module") == f"custom_nodes.{PACK_FOLDER}"}
+    assert served == set(ours), f"server lists {sorted(served)}, the pack has {sorted(ours)}"
+    for name in ours:
+        entry = info[name]
+        assert name.startswith("HRV"), name
+        assert entry["category"].startswith("HRV/"), (name, entry["category"])
+        assert entry["display_name"] and entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS.get(name), name
+        assert entry["description"], f"{name} has no DESCRIPTION"
+        assert len(entry["output_name"]) == len(entry["output"]) and all(entry["output_name"]), name
+        assert len(entry.get("output_tooltips", [])) == len(entry["output"]), f"{name}: OUTPUT_TOOLTIPS"
+        assert all(entry["output_tooltips"]), f"{name}: empty output tooltip"
+        for section in ("required", "optional"):
+            for input_name, spec in entry["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
+
+
+def test_server_is_stopped_when_start_up_fails(tmp_path):
+    from hrv.testing.server import running_server
+    missing = str(tmp_path / "no-such-base")  # no custom_nodes/ in it: ComfyUI exits at start-up
+    with pytest.raises(RuntimeError, match="exited with code"):
+        with running_server(missing, str(tmp_path / "log.txt"), timeout_s=120):
+            pass
+
+
+# --- (b) UI workflow -> API prompt -> ComfyUI's executor --------------------------------------
+
+@pytest.fixture(scope="module")
+def core_run(comfyui):
+    workflow = load_workflow("sd15_txt2img_core.json")
+    prompt = comfyui.ui_to_api(workflow, comfyui.object_info())
+    result = comfyui.run_prompt(prompt, return_nodes=["4", "8"])
+    return prompt, result
+
+
+def test_ui_to_api_matches_the_frontend_format(core_run):
+    prompt, _ = core_run
+    assert set(prompt) == {"3", "4", "5", "6", "7", "8", "9"}  # the Note is frontend-only
+    assert prompt["3"] == {
+        "class_type": "KSampler", "_meta": {"title": "KSampler"},
+        "inputs": {"seed": 42, "steps": 2, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1,
+                   "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}}
+    assert prompt["5"]["inputs"] == {"width": 64, "height": 64, "batch_size": 1}
+    assert prompt["6"]["inputs"] == {"text": "a red apple on a wooden table ", "clip": ["4", 1]}
+    assert prompt["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}
+
+
+def test_random_checkpoint_loads_as_sd15(core_run):
+    _, result = core_run
+    model, clip, vae = (slot[0] for slot in result.values["4"])
+    assert type(model.model.model_config).__name__ == "SD15"
+    assert clip is not None and vae is not None
+    assert len(model.model.diffusion_model.state_dict()) == 686
+
+
+def test_core_workflow_makes_a_finite_non_constant_image(core_run):
+    _, result = core_run
+    decoded = result.values["8"][0][0]  # [batch, H, W, 3]
+    assert decoded.shape == (1, 64, 64, 3)
+    assert torch.isfinite(decoded).all()
+    assert len(result.images) == 1 and os.path.isfile(result.images[0])
+    pixels = np.asarray(Image.open(result.images[0]), dtype=np.float32)
+    assert pixels.shape == (64, 64, 3)
+    assert pixels.std() > 1.0, "the saved image is (nearly) constant"
+
+
+def test_validation_errors_carry_comfyuis_message(comfyui):
+    prompt = comfyui.ui_to_api(load_workflow("sd15_txt2img_core.json"), comfyui.object_info())
+    prompt["4"]["inputs"]["ckpt_name"] = "missing.safetensors"
+    with pytest.raises(comfyui.WorkflowError, match=r"ckpt_name.*missing\.safetensors"):
+        comfyui.run_prompt(prompt)
+
+
+def test_execution_errors_name_the_failing_node(comfyui):
+    prompt = comfyui.ui_to_api(load_workflow("sd15_txt2img_core.json"), comfyui.object_info())
+    # The SD1.5 VAE cannot decode a 16-channel SD3 latent: fails inside VAEDecode, at run time.
+    prompt["10"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["8"]["inputs"]["samples"] = ["10", 0]
+    with pytest.raises(comfyui.WorkflowError, match=r"node #8 \(VAEDecode\) failed: RuntimeError"):
+        comfyui.run_prompt(prompt)
+
+
+def test_headless_demo_writes_images_to_the_output_folder(comfy_base, comfyui, tmp_path):
+    from hrv.testing import demo
+    out = tmp_path / "out"
+    images = demo.run(comfy_base, os.path.join(WORKFLOWS, "sd15_txt2img_core.json"), str(out))
+    assert len(images) == 1 and images[0].startswith(str(out)) and os.path.isfile(images[0])
