@@ -29,3 +29,13 @@ def use_comfyui(cpu: bool = True) -> str:
     import comfy.cli_args
     comfy.cli_args.args.cpu = cpu
     return path
+
+
+def accelerator_available() -> bool:
+    """Whether ComfyUI would find a GPU (CUDA/ROCm, XPU or MPS); without one it must run with --cpu."""
+    import torch
+    if torch.cuda.is_available():
+        return True
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return True
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())

@@ -69,3 +69,11 @@ def comfyui(comfy_base):
     from hrv.testing import workflows
     workflows.start_comfyui(comfy_base)
     return workflows
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In CI a run in which nothing passed fails: pytest itself returns 0 when every test was skipped."""
+    if os.environ.get("CI") == "true" and exitstatus == 0:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and not reporter.stats.get("passed"):
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED

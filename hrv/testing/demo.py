@@ -92,13 +92,13 @@ def default_workflow() -> str:
     return files[0]
 
 
-def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = None) -> list[str]:
+def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = None, cpu: bool = True) -> list[str]:
     """Run a UI-format workflow through ComfyUI's executor; images land in output_dir. Returns their paths."""
     import folder_paths
 
     from . import workflows
     default_ckpt, is_random = prepare(base_dir, ckpt)
-    workflows.start_comfyui(base_dir)
+    workflows.start_comfyui(base_dir, cpu=cpu)
     os.makedirs(output_dir, exist_ok=True)
     with open(workflow_path, encoding="utf-8") as f:
         workflow = json.load(f)
@@ -135,15 +135,16 @@ def main(argv=None) -> int:
     s.add_argument("--output", default=os.path.join(PACK_DIR, "output"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    from ..comfy_host import use_comfyui
-    use_comfyui(cpu=True)
+    from ..comfy_host import accelerator_available, use_comfyui
+    use_comfyui(cpu=not accelerator_available())
     try:
         if args.command == "prepare":
             _, is_random = prepare(args.base_dir, args.ckpt)
             if is_random:
                 warn_noise(args.base_dir)
             return 0
-        images = run(args.base_dir, args.workflow or default_workflow(), args.output, args.ckpt)
+        images = run(args.base_dir, args.workflow or default_workflow(), args.output, args.ckpt,
+                     cpu=not accelerator_available())
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,7 +56,8 @@ def running_server(base_dir: str, log_path: str, port: int | None = None, timeou
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, os.path.join(root, "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", base_dir, *extra_args]
+           "--base-directory", base_dir, "--database-url", f"sqlite:///{os.path.join(base_dir, 'user', 'comfyui.db')}",
+           *extra_args]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=root, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -255,10 +255,13 @@ def use_base_dir(base_dir: str) -> None:
     folder_paths.filename_list_cache.clear()
 
 
-def start_comfyui(base_dir: str) -> None:
-    """Configure ComfyUI for base_dir and load every node once (built-in extras and custom_nodes/)."""
+def start_comfyui(base_dir: str, cpu: bool = True) -> None:
+    """Configure ComfyUI for base_dir and load every node once (built-in extras and custom_nodes/).
+
+    cpu only counts before ComfyUI's model management is first imported in this process.
+    """
     from ..comfy_host import use_comfyui
-    use_comfyui(cpu=True)
+    use_comfyui(cpu=cpu)
     use_base_dir(base_dir)
     _state["base_dir"] = os.path.abspath(base_dir)
     if _state["nodes_loaded"]:
