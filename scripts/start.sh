@@ -31,13 +31,17 @@ while (($#)); do
     esac
 done
 
+abspath() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
+if [[ -n "$CKPT" && ! -f "$CKPT" ]]; then echo "--ckpt $CKPT: no such file" >&2; exit 2; fi
+if [[ -n "$WORKFLOW" && ! -f "$WORKFLOW" ]]; then echo "--workflow $WORKFLOW: no such file" >&2; exit 2; fi
+[[ -n "$CKPT" ]] && CKPT="$(abspath "$CKPT")"
+[[ -n "$WORKFLOW" ]] && WORKFLOW="$(abspath "$WORKFLOW")"
+
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$REPO_ROOT"
 BASE="${HRV_COMFY_BASE:-$REPO_ROOT/comfy_base}"
 CKPT_ARGS=()
-if [[ -n "$CKPT" ]]; then
-    CKPT_ARGS=(--ckpt "$(cd "$(dirname "$CKPT")" && pwd)/$(basename "$CKPT")")
-fi
+[[ -n "$CKPT" ]] && CKPT_ARGS=(--ckpt "$CKPT")
 
 # The published HRVs: from the reference copy beside the repository when there is one, else downloaded.
 if [[ ! -f data/hrv_vectors/sd1_official.safetensors || ! -f data/hrv_vectors/sdxl_official.safetensors ]]; then
@@ -52,7 +56,7 @@ fi
 
 if ((DEMO)); then
     WORKFLOW_ARGS=()
-    [[ -n "$WORKFLOW" ]] && WORKFLOW_ARGS=(--workflow "$(cd "$(dirname "$WORKFLOW")" && pwd)/$(basename "$WORKFLOW")")
+    [[ -n "$WORKFLOW" ]] && WORKFLOW_ARGS=(--workflow "$WORKFLOW")
     exec "$VENV_PYTHON" -m hrv.testing.demo run --base-dir "$BASE" --output "$REPO_ROOT/output" \
         "${CKPT_ARGS[@]}" "${WORKFLOW_ARGS[@]}"
 fi

@@ -115,3 +115,41 @@ def test_headless_demo_writes_images_to_the_output_folder(comfy_base, comfyui, t
     out = tmp_path / "out"
     images = demo.run(comfy_base, os.path.join(WORKFLOWS, "sd15_txt2img_core.json"), str(out))
     assert len(images) == 1 and images[0].startswith(str(out)) and os.path.isfile(images[0])
+
+
+def test_demo_prepare_falls_back_to_the_random_checkpoint_only_without_a_real_one(tmp_path, random_checkpoint):
+    from safetensors.torch import save_file
+
+    from hrv.testing import demo
+    from hrv.testing.checkpoint import DEFAULT_NAME
+    base = str(tmp_path / "base")
+    name, is_random = demo.prepare(base)
+    assert (name, is_random) == (DEFAULT_NAME, True)
+    assert os.path.realpath(os.path.join(base, "models", "checkpoints", DEFAULT_NAME)) == os.path.realpath(random_checkpoint)
+    save_file({"x": torch.zeros(1)}, os.path.join(base, "models", "checkpoints", "mine.safetensors"))
+    assert demo.prepare(base) == ("mine.safetensors", False)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    save_file({"x": torch.zeros(1)}, str(elsewhere))
+    assert demo.prepare(base, ckpt=str(elsewhere)) == ("elsewhere.safetensors", False)
+    assert os.path.realpath(os.path.join(base, "models", "checkpoints", "elsewhere.safetensors")) == str(elsewhere)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        demo.prepare(base, ckpt=str(tmp_path / "missing.safetensors"))
+
+
+def test_random_checkpoint_has_original_ldm_key_names(random_checkpoint):
+    from safetensors import safe_open
+
+    from hrv.testing.checkpoint import is_random_checkpoint
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
+    with safe_open(random_checkpoint, framework="pt") as f:
+        keys = list(f.keys())
+        assert {p for p in prefixes if any(k.startswith(p) for k in keys)} == set(prefixes)
+        assert all(k.startswith(prefixes) for k in keys)
+        assert "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" in keys
+        assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in keys
+        assert "first_stage_model.post_quant_conv.weight" in keys
+        assert torch.all(f.get_tensor("model.diffusion_model.out.0.weight") == 1)  # GroupNorm scale
+        assert torch.all(f.get_tensor("model.diffusion_model.out.0.bias") == 0)
+        conv = f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").float()  # [320, 4, 3, 3]
+        assert torch.isfinite(conv).all() and abs(conv.std().item() - 1 / 6) < 0.02  # LeCun: 1/sqrt(4*3*3)
+    assert is_random_checkpoint(random_checkpoint)

@@ -65,7 +65,7 @@ def write_random_sd15_checkpoint(path: str, seed: int = 0, dtype: torch.dtype = 
     metadata = {"hrv.random_checkpoint": "1", "hrv.generator_version": str(GENERATOR_VERSION), "hrv.seed": str(seed),
                 "description": "Random weights of the SD1.5 shape for tests and demos: every image it makes is noise."}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.part"
+    tmp = f"{path}.{os.getpid()}.part"  # two processes may build the same cached file at once
     try:
         save_file(state, tmp, metadata=metadata)
         os.replace(tmp, path)
