@@ -20,11 +20,11 @@ WORKFLOW=""
 EXTRA=()
 while (($#)); do
     case "$1" in
-        --port) PORT="$2"; shift 2 ;;
-        --listen) LISTEN="$2"; shift 2 ;;
-        --ckpt) CKPT="$2"; shift 2 ;;
+        --port) PORT="${2:?--port needs a value}"; shift 2 ;;
+        --listen) LISTEN="${2:?--listen needs a value}"; shift 2 ;;
+        --ckpt) CKPT="${2:?--ckpt needs a value}"; shift 2 ;;
         --headless-demo) DEMO=1; shift ;;
-        --workflow) WORKFLOW="$2"; shift 2 ;;
+        --workflow) WORKFLOW="${2:?--workflow needs a value}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -38,8 +38,8 @@ if [[ -n "$WORKFLOW" && ! -f "$WORKFLOW" ]]; then echo "--workflow $WORKFLOW: no
 [[ -n "$WORKFLOW" ]] && WORKFLOW="$(abspath "$WORKFLOW")"
 
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+BASE="$(realpath -m "${HRV_COMFY_BASE:-$REPO_ROOT/comfy_base}")"
 cd "$REPO_ROOT"
-BASE="${HRV_COMFY_BASE:-$REPO_ROOT/comfy_base}"
 CKPT_ARGS=()
 [[ -n "$CKPT" ]] && CKPT_ARGS=(--ckpt "$CKPT")
 

@@ -153,3 +153,41 @@ def test_random_checkpoint_has_original_ldm_key_names(random_checkpoint):
         conv = f.get_tensor("model.diffusion_model.input_blocks.0.0.weight").float()  # [320, 4, 3, 3]
         assert torch.isfinite(conv).all() and abs(conv.std().item() - 1 / 6) < 0.02  # LeCun: 1/sqrt(4*3*3)
     assert is_random_checkpoint(random_checkpoint)
+
+
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_start_script_launcher_stops_comfyui_on_signals(comfy_base, tmp_path, stop_signal):
+    """scripts/run_comfyui.py (what start.sh execs): both signals stop the server through its own shutdown,
+    even when SIGINT arrives ignored, as for a job started in the background by a non-interactive shell."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hrv.comfy_host import comfyui_dir
+    from hrv.testing.server import free_port, get_json, log_tail, stop_process_group
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    log_path = str(tmp_path / "server.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(repo, "scripts", "run_comfyui.py"), "--cpu", "--listen", "127.0.0.1",
+             "--port", str(port), "--base-directory", comfy_base, "--database-url", "sqlite:///:memory:"],
+            env={**os.environ, "COMFYUI_DIR": comfyui_dir()}, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log_tail(log_path)
+            try:
+                get_json(f"http://127.0.0.1:{port}/system_stats", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log_tail(log_path)
+                time.sleep(0.5)
+        proc.send_signal(getattr(signal, stop_signal))
+        assert proc.wait(60) == 0, log_tail(log_path)
+        assert "Stopped server" in log_tail(log_path)
+    finally:
+        stop_process_group(proc)
