@@ -177,8 +177,9 @@ def ui_to_api(workflow: dict, node_defs: dict, rng: random.Random | None = None)
             inputs.update({k: v for k, v in values.items() if k in slots})
         else:
             if len(values) < len([s for s in slots if s is not None]):
+                expected = [name or "(frontend value)" for name in slots]
                 raise WorkflowError(f"node #{node['id']} ({class_type}) has {len(values)} widget values, expected "
-                                    f"{len(slots)} for widgets {slots}: the node's inputs changed since the workflow was saved")
+                                    f"{len(slots)} for {expected}: the node's inputs changed since the workflow was saved")
             for name, value in zip(slots, values):
                 if name is not None:
                     inputs[name] = value
@@ -269,6 +270,7 @@ def start_comfyui(base_dir: str, cpu: bool = True) -> None:
     import nodes
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     _state["nodes_loaded"] = True
+    log.info("ComfyUI loaded in-process: %d nodes, base directory %s", len(nodes.NODE_CLASS_MAPPINGS), base_dir)
 
 
 class HeadlessServer:
