@@ -42,3 +42,13 @@ def import_pack(name: str = "comfyui_hrv"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def accelerator_available() -> bool:
+    """Whether ComfyUI would find a GPU (CUDA/ROCm, XPU or MPS); without one it must run with --cpu."""
+    import torch
+    if torch.cuda.is_available():
+        return True
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return True
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
