@@ -2,16 +2,8 @@
 import pytest
 import torch
 
+from hrv.testing.comfy_models import tokenizer_clip
 from hrv.tokens import TargetWordError, find_target_positions, split_targets
-
-
-def real_clip(tokenizer):
-    # ComfyUI's own CLIP class, so .tokenize() is exactly what nodes receive; no encoder weights needed.
-    import comfy.sd
-    clip = comfy.sd.CLIP(no_init=True)
-    clip.tokenizer = tokenizer
-    clip.tokenizer_options = {}
-    return clip
 
 
 class ClipWithoutWordIds:
@@ -25,20 +17,14 @@ class ClipWithoutWordIds:
 
 
 @pytest.fixture(scope="module")
-def sd1_tokenizer():
-    import comfy.sd1_clip
-    return comfy.sd1_clip.SD1Tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sd1(sd1_tokenizer):
-    return real_clip(sd1_tokenizer)
+def sd1():
+    # ComfyUI's own CLIP class, so .tokenize() is exactly what nodes receive; no encoder weights needed.
+    return tokenizer_clip("sd1")
 
 
 @pytest.fixture(scope="module")
 def sdxl():
-    import comfy.sdxl_clip
-    return real_clip(comfy.sdxl_clip.SDXLTokenizer())
+    return tokenizer_clip("sdxl")
 
 
 def vocab_id(clip, piece):
@@ -133,17 +119,16 @@ def test_sdxl_long_prompt(sdxl):
         assert sdxl.tokenize(prompt)[encoder][chunk][index][0] == vocab_id(sdxl, "lighthouse</w>")
 
 
-def test_wrapper_without_word_ids_gives_the_same_positions(sd1_tokenizer, sd1):
+def test_wrapper_without_word_ids_gives_the_same_positions(sd1):
     prompt = "a red rose-colored car, " + "tiny stars, " * 30 + "a red moon"
-    plain = ClipWithoutWordIds(sd1_tokenizer)
+    plain = ClipWithoutWordIds(sd1.tokenizer)
     assert find_target_positions(plain, prompt, "red, rose-colored") == find_target_positions(sd1, prompt, "red, rose-colored")
 
 
 def test_textual_inversion_embedding_shifts_positions(tmp_path):
-    import comfy.sd1_clip
     from safetensors.torch import save_file
     save_file({"emb_params": torch.randn(3, 768)}, str(tmp_path / "mystyle.safetensors"))
-    clip = real_clip(comfy.sd1_clip.SD1Tokenizer(embedding_directory=str(tmp_path)))
+    clip = tokenizer_clip("sd1", embedding_directory=str(tmp_path))
     found = find_target_positions(clip, "a embedding:mystyle red rose", "rose, red")
     assert found.words == {"rose": (6,), "red": (5,)}  # start, a, 3 embedding vectors, red, rose
 
