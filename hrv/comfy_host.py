@@ -27,6 +27,7 @@ def use_comfyui(cpu: bool = True) -> str:
     if path not in sys.path:
         sys.path.insert(0, path)
     import comfy.cli_args
+    import utils.install_util  # noqa: F401  binds `utils` to ComfyUI's package first, as main.py does
     comfy.cli_args.args.cpu = cpu
     return path
 

@@ -92,6 +92,19 @@ def default_workflow() -> str:
     return files[0]
 
 
+def point_at_checkpoint(prompt: dict, default_ckpt: str | None, force: bool = False, base_dir: str = "") -> None:
+    """Loaders asking for a checkpoint this ComfyUI lacks (or every loader, with force) get default_ckpt."""
+    import folder_paths
+    available = folder_paths.get_filename_list("checkpoints")
+    for node_id, node in prompt.items():
+        name = node["inputs"].get("ckpt_name")
+        if node["class_type"] == "CheckpointLoaderSimple" and (force or name not in available):
+            if default_ckpt is None:
+                raise FileNotFoundError(f"the workflow wants checkpoint {name!r}, which is not in {checkpoint_folder(base_dir)}")
+            log.info("node #%s: checkpoint %s -> %s", node_id, name, default_ckpt)
+            node["inputs"]["ckpt_name"] = default_ckpt
+
+
 def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = None, cpu: bool = True) -> list[str]:
     """Run a UI-format workflow through ComfyUI's executor; images land in output_dir. Returns their paths."""
     import folder_paths
@@ -103,14 +116,7 @@ def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = N
     with open(workflow_path, encoding="utf-8") as f:
         workflow = json.load(f)
     prompt = workflows.ui_to_api(workflow, workflows.object_info())
-    available = folder_paths.get_filename_list("checkpoints")
-    for node_id, node in prompt.items():
-        name = node["inputs"].get("ckpt_name")
-        if node["class_type"] == "CheckpointLoaderSimple" and (ckpt or name not in available):
-            if default_ckpt is None:
-                raise FileNotFoundError(f"the workflow wants checkpoint {name!r}, which is not in {checkpoint_folder(base_dir)}")
-            log.info("node #%s: checkpoint %s -> %s", node_id, name, default_ckpt)
-            node["inputs"]["ckpt_name"] = default_ckpt
+    point_at_checkpoint(prompt, default_ckpt, force=bool(ckpt), base_dir=base_dir)
     if is_random:
         warn_noise(base_dir)
     previous_output = folder_paths.get_output_directory()
