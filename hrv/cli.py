@@ -76,3 +76,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+from . import build_cli  # noqa: E402,F401  (registers `build` and `merge`)

@@ -1,0 +1,291 @@
+"""Head votes of an HRV build (paper, Sec. 3): which concept each cross-attention head attends to.
+
+For every attn2 call of the conditional pass and every head h of that block:
+    p_h = mean over positions n of softmax_w(q_h[n] . k_h[w] / sqrt(d))        [W concept words]
+and head h gives one vote to the concept of argmax_w p_h. Only the W concept keys are scored
+here; the prompt's own attention runs untouched in the inner attention (fused kernel or the
+replacement that was already installed), so building never changes what the model computes.
+
+Pure torch: the ComfyUI attention function is passed in by the caller.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .layout import HeadLayout, cross_attention_modules, layout_of_unet
+
+# Upper bound on the [B, heads, n, W] score chunk, in elements. On a GPU big chunks mean few
+# kernel launches (64 MiB of float32); on a CPU a chunk that stays in cache (2 MiB) while it is
+# multiplied, soft-maxed and summed is 3-4x faster than one big pass (bench/build.py).
+MAX_SCORE_ELEMENTS = {"cpu": 1 << 19}
+MAX_SCORE_ELEMENTS_DEFAULT = 1 << 24
+
+
+def default_max_elements(device) -> int:
+    return MAX_SCORE_ELEMENTS.get(torch.device(device).type, MAX_SCORE_ELEMENTS_DEFAULT)
+
+
+class ConceptWordsError(ValueError):
+    """Concept words that cannot be used for a build; the message says how to fix them."""
+
+
+@dataclass
+class ConceptWords:
+    """The concept set of a build with one text embedding per concept word."""
+    names: list[str]              # C concept names, HRV row order
+    words: list[str]              # W words, grouped by concept in row order
+    word_concept: torch.Tensor    # int64 [W]: row of each word's concept
+    embeddings: torch.Tensor      # float [W, D]: mean semantic-token embedding of each word
+
+    def __post_init__(self):
+        if len(self.names) < 2:
+            raise ConceptWordsError(f"a build needs at least 2 concepts, got {len(self.names)}")
+        if self.embeddings.dim() != 2 or self.embeddings.shape[0] != len(self.words):
+            raise ConceptWordsError(f"embeddings must be [words={len(self.words)}, dim], "
+                                    f"got {list(self.embeddings.shape)}")
+        if self.word_concept.shape != (len(self.words),):
+            raise ConceptWordsError("word_concept must name one concept row per word")
+        present = set(self.word_concept.tolist())
+        for row, name in enumerate(self.names):
+            if row not in present:
+                raise ConceptWordsError(f"concept {name!r} has no words: give it at least one")
+        if not torch.isfinite(self.embeddings).all():
+            raise ConceptWordsError("a concept word embedding contains NaN or infinite values: "
+                                    "the text encoder is broken or was loaded with the wrong weights")
+
+    @property
+    def num_concepts(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def from_embeddings(cls, concepts: dict[str, list[str]], embeddings: torch.Tensor) -> "ConceptWords":
+        """embeddings [W, D] in the order of the words of `concepts` (concept by concept)."""
+        names = list(concepts)
+        words = [w for name in names for w in concepts[name]]
+        word_concept = torch.tensor([row for row, name in enumerate(names) for _ in concepts[name]], dtype=torch.int64)
+        return cls(names, words, word_concept, embeddings)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {name: [] for name in self.names}
+        for word, row in zip(self.words, self.word_concept.tolist()):
+            out[self.names[row]].append(word)
+        return out
+
+
+def mean_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int,
+                        max_elements: int | None = None) -> torch.Tensor:
+    """Mean over positions of each head's softmax over the concept words.
+
+    q [B, N, heads*d] (projected queries), keys [W, heads*d] (projected concept keys, already
+    multiplied by 1/sqrt(d)) -> float32 [B, heads, W]. Positions are processed in chunks so the
+    [B, heads, n, W] scores stay under max_elements.
+    """
+    batch, positions, inner = q.shape
+    if inner % heads or keys.shape[1] != inner:
+        raise ValueError(f"queries [.., {inner}] and keys [.., {keys.shape[1]}] do not split into {heads} heads")
+    d = inner // heads
+    words = keys.shape[0]
+    kt = keys.reshape(words, heads, d).permute(1, 2, 0)        # [heads, d, W]
+    qh = q.reshape(batch, positions, heads, d).transpose(1, 2)  # [B, heads, N, d]
+    max_elements = max_elements or default_max_elements(q.device)
+    chunk = max(1, max_elements // max(1, batch * heads * words))
+    total = torch.zeros((batch, heads, words), dtype=torch.float32, device=q.device)
+    for start in range(0, positions, chunk):
+        scores = torch.matmul(qh[:, :, start:start + chunk], kt)  # [B, heads, n, W]
+        total += scores.softmax(-1, dtype=torch.float32).sum(2)
+    return total / positions
+
+
+def head_vote_concepts(q: torch.Tensor, keys: torch.Tensor, heads: int, word_concept: torch.Tensor,
+                       max_elements: int | None = None) -> torch.Tensor:
+    """int64 [B, heads]: the concept each head votes for (the concept of its argmax word)."""
+    return word_concept[mean_word_attention(q, keys, heads, max_elements).argmax(-1)]
+
+
+def conditional_rows(q: torch.Tensor, cond_or_uncond) -> torch.Tensor | None:
+    """The rows of a CFG batch that belong to the conditional pass (0 = cond in ComfyUI).
+
+    ComfyUI stacks the passes as len(cond_or_uncond) equal chunks. Without that list the
+    call did not come from a sampler's CFG batch and every row counts as conditional.
+    """
+    if not cond_or_uncond:
+        return q
+    per = q.shape[0] // len(cond_or_uncond)
+    if per * len(cond_or_uncond) != q.shape[0]:
+        raise ValueError(f"batch of {q.shape[0]} does not split into the {len(cond_or_uncond)} CFG passes")
+    rows = [q[i * per:(i + 1) * per] for i, kind in enumerate(cond_or_uncond) if kind == 0]
+    if not rows:
+        return None
+    return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+
+class VoteRecorder:
+    """Per-run state of a build: concept keys per block, current step, vote counts of one prompt.
+
+    Vote counts stay on the sampling device (no host sync per attention call) until
+    take_prompt_counts() moves the finished prompt's int64 [S, C, H] counts to the CPU.
+    """
+
+    def __init__(self, layout: HeadLayout, words: ConceptWords, steps: int, attn_modules: dict,
+                 max_elements: int | None = None):
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.layout = layout
+        self.words = words
+        self.steps = int(steps)
+        self.attn_modules = attn_modules
+        self.max_elements = max_elements
+        self.step = 0
+        self.counts: torch.Tensor | None = None   # int64 [S, C, H] on the sampling device
+        self._keys: dict = {}                     # attn2 key -> [W, heads*d] scaled keys
+        self._word_concept: dict = {}             # device -> int64 [W]
+        self._columns: dict = {}                  # (attn2 key, device) -> int64 [heads]
+        self._step_for: tuple = (None, None)      # (sigmas tensor of the current model call, its step)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.steps, self.words.num_concepts, self.layout.num_heads)
+
+    def start_prompt(self) -> None:
+        self.counts = None
+        self.step = 0
+        self._step_for = (None, None)
+
+    def end_step(self, step_index: int) -> None:
+        """Sampler callback: step `step_index` is done (used only when ComfyUI gives no sample_sigmas)."""
+        self.step = int(step_index) + 1
+
+    def take_prompt_counts(self) -> torch.Tensor:
+        """int64 [S, C, H] on the CPU: the votes since start_prompt()."""
+        counts = torch.zeros(self.shape, dtype=torch.int64) if self.counts is None else self.counts.cpu()
+        self.counts = None
+        return counts
+
+    def concept_keys(self, key, like: torch.Tensor) -> torch.Tensor:
+        """[W, heads*d] = attn2.to_k(word embeddings) / sqrt(d), once per run and block."""
+        keys = self._keys.get(key)
+        if keys is None or keys.device != like.device or keys.dtype != like.dtype:
+            attn2 = self.attn_modules[key]
+            d = attn2.to_k.weight.shape[0] // int(attn2.heads)
+            # Through the module, so ComfyUI's weight casting and LoRA patches apply.
+            keys = attn2.to_k(self.words.embeddings.to(device=like.device, dtype=like.dtype)) * (1.0 / math.sqrt(d))
+            self._keys[key] = keys
+        return keys
+
+    def current_step(self, extra_options: dict, device) -> torch.Tensor:
+        """int64 scalar tensor on `device`: the step whose noise level this model call runs at.
+
+        With ComfyUI's sample_sigmas s_0 > ... > s_S, a call at sigma belongs to step i when
+        sigma is s_i or lies in (s_{i+1}, s_i): the second call of a 2nd-order step at s_{i+1}
+        (Heun) counts for step i+1, a midpoint call (DPM2) for step i. Computed on the device
+        (no host sync) once per model call; without sample_sigmas the sampler callback decides.
+        """
+        sigmas, schedule = extra_options.get("sigmas"), extra_options.get("sample_sigmas")
+        if sigmas is None or schedule is None:
+            return torch.tensor(min(self.step, self.steps - 1), device=device)
+        if sigmas is not self._step_for[0]:
+            sigma = sigmas.reshape(-1)[0].to(device=device, dtype=torch.float32)
+            levels = schedule[:self.steps].to(device=device, dtype=torch.float32)
+            close = torch.isclose(levels, sigma, rtol=1e-4, atol=0.0)
+            interval = (levels >= sigma).sum() - 1
+            step = torch.where(close.any(), close.to(torch.int64).argmax(), interval).clamp(0, self.steps - 1)
+            self._step_for = (sigmas, step)
+        return self._step_for[1]
+
+    def record(self, key, q: torch.Tensor, extra_options: dict) -> None:
+        cond = conditional_rows(q, extra_options.get("cond_or_uncond"))
+        if cond is None:
+            return
+        heads = int(extra_options["n_heads"])
+        device = q.device
+        concepts = head_vote_concepts(cond, self.concept_keys(key, q), heads,
+                                      _cached(self._word_concept, device, device, lambda: self.words.word_concept),
+                                      self.max_elements)                          # [Bc, heads]
+        block = self.layout.block(key)
+        columns = _cached(self._columns, (key, device), device,
+                          lambda: torch.arange(block.first_column, block.first_column + heads))
+        if self.counts is None:
+            self.counts = torch.zeros(self.shape, dtype=torch.int64, device=device)
+        step = self.current_step(extra_options, device).expand(concepts.numel())
+        ones = torch.ones(concepts.numel(), dtype=torch.int64, device=device)
+        self.counts.index_put_((step, concepts.reshape(-1), columns.expand_as(concepts).reshape(-1)),
+                               ones, accumulate=True)
+
+
+def _cached(cache: dict, cache_key, device, make) -> torch.Tensor:
+    t = cache.get(cache_key)
+    if t is None:
+        t = cache[cache_key] = make().to(device)
+    return t
+
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+def _accepts_transformer_options(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "transformer_options" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def fused_attention(optimized_attention) -> AttentionFn:
+    """The attention that attn2 runs when no replacement is installed, as a replacement.
+
+    transformer_options is passed where the attention function takes it (ComfyUI >= 0.3.6x
+    routes attention overrides through it); older versions get the old signature.
+    """
+    if _accepts_transformer_options(optimized_attention):
+        def attention(q, k, v, extra_options):
+            return optimized_attention(q, k, v, extra_options["n_heads"],
+                                       attn_precision=extra_options.get("attn_precision"),
+                                       transformer_options=extra_options)
+    else:
+        def attention(q, k, v, extra_options):
+            return optimized_attention(q, k, v, extra_options["n_heads"],
+                                       attn_precision=extra_options.get("attn_precision"))
+    return attention
+
+
+def make_vote_patch(recorder: VoteRecorder, key, inner: AttentionFn) -> AttentionFn:
+    """attn2 replacement: count this block's votes, then attend exactly as before."""
+    def vote_attn2(q, k, v, extra_options):
+        recorder.record(key, q, extra_options)
+        return inner(q, k, v, extra_options)
+    return vote_attn2
+
+
+def install_vote_patches(model, words: ConceptWords, steps: int, optimized_attention,
+                         max_elements: int | None = None):
+    """Clone a ComfyUI ModelPatcher and put a vote patch on every attn2; returns (clone, recorder).
+
+    An attn2 replacement already on the model (per transformer or per block) becomes the
+    inner attention of the vote patch, so other attention nodes keep working.
+    """
+    patched = model.clone()
+    diffusion_model = patched.get_model_object("diffusion_model")
+    layout = layout_of_unet(diffusion_model)
+    modules = cross_attention_modules(diffusion_model)
+    for key, attn2 in modules.items():
+        expected = attn2.to_k.weight.shape[1]
+        if expected != words.dim:
+            raise ConceptWordsError(f"the concept word embeddings have {words.dim} dims but cross-attention "
+                                    f"{'.'.join(map(str, key))} expects {expected}: use the CLIP of the same checkpoint")
+    recorder = VoteRecorder(layout, words, steps, modules, max_elements)
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    default = fused_attention(optimized_attention)
+    for block in layout.blocks:
+        inner = existing.get(block.key) or existing.get(block.key[:2]) or default
+        patched.set_model_attn2_replace(make_vote_patch(recorder, block.key, inner),
+                                        block.block, block.block_id, block.transformer_index)
+    return patched, recorder

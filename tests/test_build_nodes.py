@@ -1,0 +1,97 @@
+"""HRVBuild and HRVSave on the real ComfyUI with a tiny random (model, clip)."""
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from hrv.hrv_file import load
+from hrv.testing.tiny_pipeline import tiny_sd1_pipeline
+
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The node pack imported as a package, the way ComfyUI loads custom nodes."""
+    name = "hrv_pack_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(PACK_DIR, "__init__.py"),
+                                                      submodule_search_locations=[PACK_DIR])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def model_clip():
+    return tiny_sd1_pipeline(0)
+
+
+ARGS = dict(prompt_batch="my prompts only", prompts="a cat\n# skipped\na red car\n", concept_set="my concepts only",
+            my_concepts="Color: red, blue\nAnimals: cat, dog\n", steps=2, cfg=5.0, seed=1, sampler_name="euler",
+            scheduler="normal", width=128, height=128)
+
+
+def test_nodes_are_registered_with_tooltips(pack):
+    for node_id in ("HRVBuild", "HRVSave"):
+        cls = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert cls.CATEGORY == "HRV/build" and cls.DESCRIPTION
+        inputs = cls.INPUT_TYPES()["required"]
+        assert all("tooltip" in spec[1] for spec in inputs.values())
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert pack.NODE_CLASS_MAPPINGS["HRVBuild"].RETURN_TYPES[0] == "HRV"
+
+
+def test_build_node_builds_with_a_progress_bar_and_leaves_the_model_alone(pack, model_clip, monkeypatch):
+    import comfy.utils
+    model, clip = model_clip
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None: updates.append((value, total)))
+    options = repr(model.model_options)
+    hrv, info = pack.NODE_CLASS_MAPPINGS["HRVBuild"]().build(model, clip, **ARGS)
+    assert repr(model.model_options) == options
+    assert hrv.concepts == ["Color", "Animals"] and hrv.votes.shape == (2, 2, 128)
+    assert hrv.votes.sum(1).eq(2).all()                          # 2 prompts, one cond vote per head and step
+    assert hrv.provenance["prompts"] == 2 and "2 prompts x 2 steps" in info
+    assert updates[-1] == (4, 4)
+
+
+def test_build_node_extends_the_default_concepts(pack, model_clip):
+    model, clip = model_clip
+    args = dict(ARGS, concept_set="default + my concepts", my_concepts="Fabric: silk, wool", steps=1)
+    hrv, _ = pack.NODE_CLASS_MAPPINGS["HRVBuild"]().build(model, clip, **args)
+    assert len(hrv.concepts) == 35 and hrv.concepts[-1] == "Fabric"
+    with pytest.raises(ValueError, match="already in the default set"):
+        pack.NODE_CLASS_MAPPINGS["HRVBuild"]().build(model, clip, **dict(args, my_concepts="color: red"))
+
+
+def test_save_node_writes_to_models_hrv(pack, model_clip, tmp_path, monkeypatch):
+    import folder_paths
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.delitem(folder_paths.folder_names_and_paths, "hrv", raising=False)
+    model, clip = model_clip
+    hrv, _ = pack.NODE_CLASS_MAPPINGS["HRVBuild"]().build(model, clip, **dict(ARGS, steps=1))
+    save = pack.NODE_CLASS_MAPPINGS["HRVSave"]()
+    out = save.save_hrv(hrv, "my model.safetensors", False)
+    path = out["result"][0]
+    assert path == os.path.join(str(tmp_path), "hrv", "my model.safetensors")
+    assert torch.equal(load(path).votes, hrv.votes)
+    assert "my model.safetensors" in folder_paths.get_filename_list("hrv")   # what HRV Loader lists
+    with pytest.raises(ValueError, match="exists"):
+        save.save_hrv(hrv, "my model", False)
+    save.save_hrv(hrv, "my model", True)
+    for bad in ("../escape", "a/b", "", ".."):
+        with pytest.raises(ValueError, match="not allowed"):
+            save.save_hrv(hrv, bad, False)
