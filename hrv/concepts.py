@@ -19,24 +19,7 @@ def load_concept_set(path: str | None = None) -> dict[str, list[str]]:
             text = f.read()
     except OSError as e:
         raise ConceptSetError(f"cannot read concept set {path}: {e.strerror}") from None
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConceptSetError(f"concept set {path} is not valid JSON: {e}") from None
-        concepts = data.get("concepts") if isinstance(data, dict) else None
-        if not isinstance(concepts, dict):
-            raise ConceptSetError(f"concept set {path} needs a \"concepts\" object of name -> [words]")
-    else:
-        concepts = {}
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            name, sep, words = line.partition(":")
-            if not sep:
-                raise ConceptSetError(f"{path}:{number}: expected `Concept: word, word, ...`")
-            concepts[name.strip()] = [w.strip() for w in words.split(",")]
-    return validate_concept_set(concepts)
+    return parse_concept_text(text, source=f"concept set {path}")
 
 
 def validate_concept_set(concepts: dict) -> dict[str, list[str]]:

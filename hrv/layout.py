@@ -134,18 +134,7 @@ def known_layout(arch: str) -> HeadLayout:
 
 def walk_cross_attention(diffusion_model) -> list[tuple[str, int, int, int]]:
     """(block, block_id, transformer_index, num_heads) for every attn2 of a ComfyUI UNetModel."""
-    groups = [("input", i, blk) for i, blk in enumerate(getattr(diffusion_model, "input_blocks", []))]
-    if getattr(diffusion_model, "middle_block", None) is not None:
-        groups.append(("middle", 0, diffusion_model.middle_block))
-    groups += [("output", i, blk) for i, blk in enumerate(getattr(diffusion_model, "output_blocks", []))]
-    found = []
-    for name, block_id, blk in groups:
-        transformers = [t for layer in blk for t in getattr(layer, "transformer_blocks", [])]
-        for index, transformer in enumerate(transformers):
-            attn2 = getattr(transformer, "attn2", None)
-            if attn2 is not None:
-                found.append((name, block_id, index, int(attn2.heads)))
-    return found
+    return [(*key, int(attn2.heads)) for key, attn2 in cross_attention_modules(diffusion_model).items()]
 
 
 def layout_of_unet(diffusion_model) -> HeadLayout:

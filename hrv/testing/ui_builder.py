@@ -1,0 +1,100 @@
+"""Build UI-format workflows (what the web UI saves and loads) from a few lines of Python.
+
+Widget values are laid out from the nodes' own definitions (hrv.testing.workflows.widget_slots),
+so a saved example stays in step with the node code that ui_to_api converts it with.
+"""
+from __future__ import annotations
+
+import uuid
+
+from .workflows import is_widget, widget_slots
+
+CONTROL_VALUE = "fixed"
+COLUMN_WIDTH, ROW_HEIGHT = 360, 230
+
+
+class Output:
+    def __init__(self, node: "UINode", slot: int):
+        self.node, self.slot = node, slot
+
+
+class UINode:
+    def __init__(self, builder: "UIWorkflow", node_id: int, data: dict):
+        self.builder, self.id, self.data = builder, node_id, data
+
+    def __getitem__(self, slot: int) -> Output:
+        return Output(self, slot)
+
+
+class UIWorkflow:
+    def __init__(self, node_defs: dict):
+        self.node_defs = node_defs
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+        self.groups: list[dict] = []
+
+    def add(self, class_type: str, at: tuple[int, int], title: str | None = None, **values) -> UINode:
+        """Add a node at grid cell (column, row); values are widget values or Outputs of other nodes."""
+        node_def = self.node_defs[class_type]
+        node_id = len(self.nodes) + 1
+        specs = {**node_def["input"].get("required", {}), **node_def["input"].get("optional", {})}
+        unknown = set(values) - set(specs)
+        if unknown:
+            raise KeyError(f"{class_type} has no inputs {sorted(unknown)}")
+        inputs, widgets = [], []
+        for name in widget_slots(node_def):
+            if name is None:
+                widgets.append(CONTROL_VALUE)
+                continue
+            value = values.get(name)
+            widgets.append(_default(specs[name]) if value is None or isinstance(value, Output) else value)
+        for name, spec in specs.items():
+            socket = {"name": name, "type": _socket_type(spec), "link": None}
+            if is_widget(spec):
+                socket["widget"] = {"name": name}
+            if isinstance(values.get(name), Output):
+                socket["link"] = self._link(values[name], node_id, len(inputs), socket["type"])
+            inputs.append(socket)
+        outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
+                   for i, (t, n) in enumerate(zip(node_def["output"], node_def.get("output_name", node_def["output"])))]
+        data = {"id": node_id, "type": class_type, "pos": [40 + at[0] * COLUMN_WIDTH, 40 + at[1] * ROW_HEIGHT],
+                "size": [320, 160], "flags": {}, "order": node_id, "mode": 0, "inputs": inputs, "outputs": outputs,
+                "properties": {"Node name for S&R": class_type}, "widgets_values": widgets}
+        if title:
+            data["title"] = title
+        self.nodes.append(data)
+        for socket in inputs:
+            if socket["link"] is not None:
+                link = self.links[socket["link"] - 1]
+                self.nodes[link[1] - 1]["outputs"][link[2]]["links"].append(socket["link"])
+        return UINode(self, node_id, data)
+
+    def note(self, text: str, at: tuple[int, int]) -> None:
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": "Note", "pos": [40 + at[0] * COLUMN_WIDTH, 40 + at[1] * ROW_HEIGHT],
+                           "size": [320, 140], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
+                           "properties": {}, "widgets_values": [text]})
+
+    def _link(self, source: Output, target_id: int, target_slot: int, link_type: str) -> int:
+        link_id = len(self.links) + 1
+        self.links.append([link_id, source.node.id, source.slot, target_id, target_slot, link_type])
+        return link_id
+
+    def to_json(self, name: str) -> dict:
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-hrv/{name}")), "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": self.groups, "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _socket_type(spec) -> str:
+    return "COMBO" if isinstance(spec[0], list) else str(spec[0])
+
+
+def _default(spec):
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    if isinstance(spec[0], list):
+        return spec[0][0] if spec[0] else None
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(spec[0])

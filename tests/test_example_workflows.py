@@ -1,0 +1,84 @@
+"""Every example workflow runs through ComfyUI's own executor on the embedded random checkpoint."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hrv.comfy_host import PACK_DIR
+
+EXAMPLES = sorted(glob.glob(os.path.join(PACK_DIR, "example_workflows", "*.json")))
+
+
+@pytest.fixture(scope="module")
+def hrv_models(comfyui, comfy_base, reference_dir):
+    """The official HRVs where ComfyUI users keep them: models/hrv/."""
+    from hrv.official import import_official
+    import_official(reference_dir, os.path.join(comfy_base, "models", "hrv"))
+    return comfyui
+
+
+def _run(workflows, path):
+    from hrv.testing.checkpoint import DEFAULT_NAME
+    from hrv.testing.demo import point_at_checkpoint
+    with open(path, encoding="utf-8") as f:
+        prompt = workflows.ui_to_api(json.load(f), workflows.object_info())
+    point_at_checkpoint(prompt, DEFAULT_NAME)
+    result = workflows.run_prompt(prompt)
+    assert len(result.images) == 1, result.outputs
+    return np.asarray(Image.open(result.images[0])).astype(np.float32)
+
+
+def _tiles(image, rows, cols, gap=8):
+    h, w = (image.shape[0] - gap * (rows - 1)) // rows, (image.shape[1] - gap * (cols - 1)) // cols
+    return [[image[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] for c in range(cols)]
+            for r in range(rows)]
+
+
+def test_examples_exist_with_pictures():
+    names = {os.path.basename(p)[:-5] for p in EXAMPLES}
+    assert {"concept_adjust_polysemy", "concept_strengthen_material", "ordered_weakening_grid",
+            "hrv_inspect_concepts"} <= names
+    for path in EXAMPLES:
+        assert os.path.isfile(path[:-5] + ".jpg"), f"{path} needs a picture beside it"
+
+
+def test_examples_are_up_to_date_with_the_generator(hrv_models, tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_examples", os.path.join(PACK_DIR, "scripts", "make_example_workflows.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from hrv.testing.ui_builder import UIWorkflow
+    for name, build in module.EXAMPLES.items():
+        wf = UIWorkflow(hrv_models.object_info())
+        build(wf)
+        with open(os.path.join(PACK_DIR, "example_workflows", f"{name}.json"), encoding="utf-8") as f:
+            assert json.load(f) == json.loads(json.dumps(wf.to_json(name))), f"rerun scripts/make_example_workflows.py ({name})"
+
+
+def test_inspect_example(hrv_models):
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "hrv_inspect_concepts.json"))
+    assert image.shape[0] > 300 and image.shape[1] > 800 and image.std() > 10
+
+
+def test_polysemy_example_changes_only_the_steered_images(hrv_models):
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "concept_adjust_polysemy.json"))
+    assert np.isfinite(image).all()
+    (base1, adj1), (base2, adj2) = _tiles(image, 2, 2)
+    assert base1.shape == (256, 256, 3)
+    assert np.abs(base1 - adj1).mean() > 0.5 and np.abs(base2 - adj2).mean() > 0.5
+
+
+def test_strengthen_example(hrv_models):
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "concept_strengthen_material.json"))
+    (plain, steered), = _tiles(image, 1, 2)
+    assert np.abs(plain - steered).mean() > 0.5
+
+
+def test_ordered_weakening_example(hrv_models):
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "ordered_weakening_grid.json"))
+    # Baseline on the left (centred against the 2x2 grid), grid of MoRHF/LeRHF x k on the right.
+    assert image.shape[1] > 2 * 256 and np.isfinite(image).all()
+    assert image.std() > 1
