@@ -93,9 +93,9 @@ def build_with(args, model, clip, model_id=None) -> HRV:
 
 
 def model_id_of(path: str) -> dict:
-    from .comfy_sampling import file_sha256
+    from .official import sha256_of
     log.info("hashing %s", path)
-    return {"file": os.path.basename(path), "sha256": file_sha256(path)}
+    return {"file": os.path.basename(path), "sha256": sha256_of(path)}
 
 
 @cli.command

@@ -4,7 +4,6 @@ ComfyUI is imported inside the functions only (the caller has put it on sys.path
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from typing import Callable
@@ -77,9 +76,4 @@ def load_checkpoint(path: str, cpu: bool | None = None):
     return model, clip
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+

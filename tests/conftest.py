@@ -14,6 +14,16 @@ use_comfyui(cpu=True)
 REFERENCE_DIR = os.environ.get("HRV_REFERENCE_DIR", os.path.join(PACK_DIR, "..", "shared", "hrv_reference"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def reference_dir():
     if not os.path.isdir(REFERENCE_DIR):

@@ -1,7 +1,5 @@
 """HRVBuild and HRVSave on the real ComfyUI with a tiny random (model, clip)."""
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
@@ -9,29 +7,9 @@ import torch
 from hrv.hrv_file import load
 from hrv.testing.tiny_pipeline import tiny_sd1_pipeline
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pack():
-    """The node pack imported as a package, the way ComfyUI loads custom nodes."""
-    name = "hrv_pack_under_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(PACK_DIR, "__init__.py"),
-                                                      submodule_search_locations=[PACK_DIR])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ PROMPTS = ["a cat on a mat", "a blue car", "a wooden chair", "two dogs", "a meta
 SETTINGS = BuildSettings(steps=2, cfg=5.0, seed=3, width=128, height=128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from hrv.votes import ConceptWords
 PROMPTS = ["a photo of a cat", "a red car", "an old castle"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_text_encoder(seed=7):

@@ -9,13 +9,7 @@ from hrv.votes import (ConceptWords, ConceptWordsError, VoteRecorder, conditiona
                        install_vote_patches, make_vote_patch, mean_word_attention)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def naive_mean_word_attention(q, keys, heads):

@@ -11,7 +11,7 @@ import hrv
 from hrv.cli import main as cli
 from hrv.hrv_file import HRV, HRVFileError, load, normalise_rows, save
 from hrv.layout import known_layout
-from hrv.official import export_npy, fetch_official, official_manifest, verify_download
+from hrv.official import fetch_official, official_manifest, verify_download
 
 
 def test_import_export_is_bit_identical(reference_dir, official_dir, tmp_path):
