@@ -7,6 +7,8 @@ settings, steering active at the measured sigma. Plain and patched runs are inte
 process and repeated; medians are printed, and last:
   attn_overhead_ratio=  the 16 cross-attention calls of one step at their real shapes, patched / plain
   overhead_ratio=       one whole UNet step, patched / plain
+Ratios are taken between runs made back to back (per call, per ABBA pair) and their median is used,
+so slow changes in machine load cancel; a shared, busy machine still adds noise (the load is printed).
 The attention kernel is the one ComfyUI picks on this machine (CPU: sub-quadratic unless
 --use-pytorch-cross-attention selects SDPA; NVIDIA GPU: SDPA). For the record it also times the
 explicit-attention-map way (materialise softmax(QK^T/sqrt(d)), rescale the token columns, multiply by V).
@@ -33,9 +35,9 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--use-pytorch-cross-attention", action="store_true",
                    help="ComfyUI's flag: use PyTorch SDPA instead of the CPU default (sub-quadratic)")
-    p.add_argument("--pairs", type=int, default=4, help="timed plain/patched UNet step pairs (default 4)")
+    p.add_argument("--pairs", type=int, default=3, help="timed plain/patched UNet step pairs (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed UNet steps of each kind first (default 1)")
-    p.add_argument("--attn-reps", type=int, default=30, help="repetitions of the 16 attention calls (default 30)")
+    p.add_argument("--attn-reps", type=int, default=50, help="repetitions of the 16 attention calls (default 50)")
     p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
     p.add_argument("--reference-dir", default=os.path.join(PACK_DIR, "..", "shared", "hrv_reference"),
                    help="published HRVs; a random HRV is used when absent (values do not affect speed)")
@@ -156,24 +158,45 @@ def main():
     shapes = sorted({(q.shape[1], e["n_heads"], e["dim_head"]) for q, _, _, e in calls}, reverse=True)
     print("cross-attention shapes (queries, heads, dim_head) x batch 2, 77 tokens:", shapes, flush=True)
 
-    variants = {
-        "plain": lambda: [attention.optimized_attention(q, k, v, e["n_heads"], attn_precision=e.get("attn_precision"),
-                                                        transformer_options=e) for q, k, v, e in calls],
-        "patched": lambda: [fn(q, k, v, e) for fn, (q, k, v, e) in zip(patched_fns, calls)],
-        "explicit_map": lambda: [explicit_map_attention(q, k, v, e["n_heads"], sc)
-                                 for (q, k, v, e), sc in zip(calls, scales)],
-    }
-    attn_times = {name: [] for name in variants}
+    def plain(i):
+        q, k, v, e = calls[i]
+        return attention.optimized_attention(q, k, v, e["n_heads"], attn_precision=e.get("attn_precision"),
+                                             transformer_options=e)
+
+    def patched(i):
+        q, k, v, e = calls[i]
+        return patched_fns[i](q, k, v, e)
+
+    def explicit_map(i):
+        q, k, v, e = calls[i]
+        return explicit_map_attention(q, k, v, e["n_heads"], scales[i])
+
+    variants = {"plain": plain, "patched": patched, "explicit_map": explicit_map}
+    # Per call, the variants run back to back in rotating order, so load bursts from other processes hit
+    # them alike; a step's attention time is the sum over its 16 calls of each call's median.
+    per_call = {name: [[] for _ in calls] for name in variants}
+    names = list(variants)
     with torch.inference_mode():
-        for fn in variants.values():
-            fn()
-        names = list(variants)
-        for rep in range(args.attn_reps):
-            for name in names[rep % 3:] + names[:rep % 3]:   # rotate the order against drift
-                attn_times[name].append(timed(variants[name], device))
-    attn = {name: statistics.median(t) for name, t in attn_times.items()}
-    print("attention, 16 calls of one step, median ms: " +
+        for rep in range(args.attn_reps + 1):
+            for i in range(len(calls)):
+                for name in names[(rep + i) % 3:] + names[:(rep + i) % 3]:
+                    t = timed(lambda: variants[name](i), device)
+                    if rep:  # the first round warms up
+                        per_call[name][i].append(t)
+    attn = {name: sum(statistics.median(t) for t in times) for name, times in per_call.items()}
+    attn_min = {name: sum(min(t) for t in times) for name, times in per_call.items()}
+
+    def paired_ratio(name):
+        # Per call: median of (variant / plain) over back-to-back runs; weighted by that call's plain time.
+        ratios = [statistics.median(a / b for a, b in zip(per_call[name][i], per_call["plain"][i]))
+                  for i in range(len(calls))]
+        weights = [statistics.median(t) for t in per_call["plain"]]
+        return sum(r * w for r, w in zip(ratios, weights)) / sum(weights)
+
+    print("attention, 16 calls of one step, sum of per-call medians, ms: " +
           ", ".join(f"{name} {t * 1e3:.2f}" for name, t in attn.items()), flush=True)
+    print("  (sum of per-call minima, ms: " + ", ".join(f"{n} {t * 1e3:.2f}" for n, t in attn_min.items()) +
+          f"; ratio of medians patched/plain {attn['patched'] / attn['plain']:.4f})", flush=True)
 
     # Whole UNet steps, ABBA-interleaved after warm-up.
     for i in range(args.warmup):
@@ -190,10 +213,11 @@ def main():
     step = {name: statistics.median(t) for name, t in step_times.items()}
     pair_ratio = statistics.median(p / q for p, q in zip(step_times["patched"], step_times["plain"]))
     print(f"UNet step, median s: plain {step['plain']:.3f}, patched {step['patched']:.3f} "
-          f"(median of per-pair ratios {pair_ratio:.4f}); load average now {os.getloadavg()[0]:.2f}")
-    print(f"explicit_map_attn_ratio={attn['explicit_map'] / attn['plain']:.4f} (materialised attention map, for the record)")
-    print(f"attn_overhead_ratio={attn['patched'] / attn['plain']:.4f}")
-    print(f"overhead_ratio={step['patched'] / step['plain']:.4f}")
+          f"(ratio of medians {step['patched'] / step['plain']:.4f}; minima ratio "
+          f"{min(step_times['patched']) / min(step_times['plain']):.4f}); load average now {os.getloadavg()[0]:.2f}")
+    print(f"explicit_map_attn_ratio={paired_ratio('explicit_map'):.4f} (materialised attention map, for the record)")
+    print(f"attn_overhead_ratio={paired_ratio('patched'):.4f}")
+    print(f"overhead_ratio={pair_ratio:.4f}")
 
 
 if __name__ == "__main__":
