@@ -18,6 +18,17 @@ CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-
 CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
 APP_READY = "() => !!(window.app && window.app.graph && window.app.vueAppReady)"
+# [width, height] of the first image a Save Image node shows once a run has finished, else null.
+# Both renderers: LiteGraph keeps it in node.imgs, Nodes 2.0 in an <img> of the page.
+SAVED_IMAGE_SHOWN = """() => {
+    const node = (window.app.graph.nodes || window.app.graph._nodes).find(n => n.type === 'SaveImage');
+    const output = node && window.app.nodeOutputs && window.app.nodeOutputs[String(node.id)];
+    const file = output && output.images && output.images[0] && output.images[0].filename;
+    if (!file) return null;
+    const candidates = [...(node.imgs || []), ...document.querySelectorAll('img')];
+    const img = candidates.find(i => i.src && i.src.includes(encodeURIComponent(file)) && i.complete && i.naturalWidth > 0);
+    return img ? [img.naturalWidth, img.naturalHeight] : null;
+}"""
 GRAPH_NODES = """() => (window.app.graph.nodes || window.app.graph._nodes).map(
     n => ({id: n.id, type: n.type, title: n.title, mode: n.mode}))"""
 
@@ -47,11 +58,13 @@ def unavailable_reason() -> str | None:
 
 
 @contextlib.contextmanager
-def comfyui_page(url: str, width: int = 1600, height: int = 1000, timeout_s: float = 120.0):
+def comfyui_page(url: str, width: int = 1600, height: int = 1000, timeout_s: float = 120.0, step_timeout_s: float = 30.0):
     """Yield a Playwright page showing the ComfyUI web app at url, ready to use; the browser always closes.
 
-    Each call starts Chromium with a fresh profile directory, removed afterwards. page.console_errors
-    collects the page's console errors for failure messages.
+    Each call starts Chromium with a fresh profile directory, removed afterwards. The page starts in the
+    default LiteGraph renderer (the setting lives on the server, so an earlier page may have changed it).
+    page.console_errors collects the page's console errors for failure messages. timeout_s bounds start-up,
+    step_timeout_s every later wait that is not given its own timeout.
     """
     from playwright.sync_api import sync_playwright
     chromium = find_chromium()
@@ -62,38 +75,56 @@ def comfyui_page(url: str, width: int = 1600, height: int = 1000, timeout_s: flo
             profile, executable_path=chromium, headless=True, args=list(CHROMIUM_FLAGS),
             viewport={"width": width, "height": height}, timeout=timeout_s * 1000)
         try:
-            context.set_default_timeout(timeout_s * 1000)
             page = context.pages[0] if context.pages else context.new_page()
             page.console_errors = []
             page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text[:300]))
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_function(APP_READY)
+            page.goto(url, wait_until="domcontentloaded", timeout=timeout_s * 1000)
+            page.wait_for_function(APP_READY, timeout=timeout_s * 1000)
+            context.set_default_timeout(step_timeout_s * 1000)
+            set_setting(page, "Comfy.VueNodes.Enabled", False)
             yield page
         finally:
             context.close()
 
 
-def open_template_from_menu(page, pack_folder: str, name: str) -> None:
-    """Load an example workflow the way a user does: Templates sidebar -> Extensions -> pack -> card.
+def open_templates_browser(page, pack_folder: str) -> None:
+    """Open the templates browser (sidebar button) on this pack's page under Extensions.
 
-    The templates browser opens by itself on a new user's first visit; otherwise the sidebar button opens it.
+    On a new user's first visit the browser opens by itself a moment after start-up, so wait for
+    that first and press the sidebar button only when it does not come.
     """
-    pack_entry = page.get_by_role("button", name=pack_folder, exact=True)
-    if not pack_entry.is_visible():
-        page.locator("button.templates-tab-button").click()
-    pack_entry.click()
-    card = page.locator(f"h3[title='{name}']")
-    card.click()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    entry = page.get_by_role("button", name=pack_folder, exact=True)
+    for wait_ms in (5_000, 10_000, 10_000):
+        try:
+            entry.wait_for(state="visible", timeout=wait_ms)
+            break
+        except PlaywrightTimeout:
+            page.locator("button.templates-tab-button").click()
+    entry.click()
+
+
+def open_template_from_menu(page, pack_folder: str, name: str) -> None:
+    """Load an example workflow the way a user does: Templates sidebar -> Extensions -> pack -> its card."""
+    open_templates_browser(page, pack_folder)
+    page.locator(f"h3[title='{name}']").click()
     page.wait_for_function("name => document.title.includes(name) && (window.app.graph.nodes || window.app.graph._nodes).length > 0",
                            arg=name)
     log.info("template %s/%s loaded through the templates menu", pack_folder, name)
 
 
-def template_thumbnail_loaded(page, pack_folder: str, name: str) -> bool:
-    """Whether the templates browser shows our own picture for name (not the frontend's default image)."""
-    image = page.locator(f"img[alt='{name}']").first
-    return bool(image.evaluate("(img, suffix) => img.complete && img.naturalWidth > 0 && img.src.endsWith(suffix)",
-                               f"/api/workflow_templates/{pack_folder}/{name}.jpg"))
+def template_thumbnail_loaded(page, pack_folder: str, name: str, timeout_s: float = 15.0) -> bool:
+    """Whether the open templates browser shows our own picture for name (not the frontend's default image)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    page.locator(f"img[alt='{name}']").first.wait_for()
+    try:
+        page.wait_for_function(
+            """([alt, suffix]) => [...document.querySelectorAll('img')].some(
+                img => img.alt === alt && img.complete && img.naturalWidth > 0 && img.src.endsWith(suffix))""",
+            arg=[name, f"/api/workflow_templates/{pack_folder}/{name}.jpg"], timeout=timeout_s * 1000)
+        return True
+    except PlaywrightTimeout:
+        return False
 
 
 def graph_nodes(page) -> list[dict]:
