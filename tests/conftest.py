@@ -81,6 +81,39 @@ def comfyui(comfy_base):
     return workflows
 
 
+@pytest.fixture(scope="session")
+def artifacts_dir():
+    """test-artifacts/ in the repository (git-ignored): screenshots and server logs a person can look at."""
+    path = os.path.join(PACK_DIR, "test-artifacts")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+# --- The real ComfyUI server as a user runs it: its own base directory (so the fuzz files it gets ---
+# --- never reach the in-process tests), the random checkpoint, the official HRVs in models/hrv/. ---
+
+@pytest.fixture(scope="session")
+def server_base(tmp_path_factory, random_checkpoint, reference_dir):
+    from hrv.official import import_official
+    from hrv.testing.checkpoint import DEFAULT_NAME
+    from hrv.testing.workflows import make_base_dir
+    base = make_base_dir(str(tmp_path_factory.mktemp("server_base")))
+    os.symlink(random_checkpoint, os.path.join(base, "models", "checkpoints", DEFAULT_NAME))
+    import_official(reference_dir, os.path.join(base, "models", "hrv"))
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfy_server(server_base, artifacts_dir):
+    """One real ComfyUI server (main.py --cpu) for the session's end-to-end tests; stopped by pid at the end.
+
+    Its log goes to test-artifacts/comfyui-server.log.
+    """
+    from hrv.testing.server import comfyui_server
+    with comfyui_server(server_base, os.path.join(artifacts_dir, "comfyui-server.log"), timeout_s=300) as server:
+        yield server
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI a run in which nothing passed fails: pytest itself returns 0 when every test was skipped."""
     if os.environ.get("CI") == "true" and exitstatus == 0:

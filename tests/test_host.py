@@ -1,4 +1,4 @@
-"""The pack on the real ComfyUI: registration on the server, UI workflows through ComfyUI's executor."""
+"""The pack on the real ComfyUI: server start-up failure, UI workflows through ComfyUI's executor, the launcher."""
 import json
 import os
 
@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 WORKFLOWS = os.path.join(os.path.dirname(__file__), "workflows")
-PACK_FOLDER = "comfyui-hrv"
 
 
 def load_workflow(name):
@@ -16,34 +15,7 @@ def load_workflow(name):
         return json.load(f)
 
 
-# --- (a) registration on the real server ------------------------------------------------------
-
-def test_pack_registers_on_real_server(comfy_base, pack, tmp_path):
-    from hrv.testing.server import get_json, running_server
-    log_path = str(tmp_path / "comfyui.log")
-    with running_server(comfy_base, log_path) as url:
-        info = get_json(url + "/object_info", timeout=60)
-    server_log = open(log_path, encoding="utf-8", errors="replace").read()
-    assert f"Cannot import {os.path.join(comfy_base, 'custom_nodes', PACK_FOLDER)}" not in server_log, server_log[-4000:]
-
-    ours = pack.NODE_CLASS_MAPPINGS
-    assert ours, "the pack registers no nodes"
-    served = {name for name, entry in info.items() if entry.get("python_module") == f"custom_nodes.{PACK_FOLDER}"}
-    assert served == set(ours), f"server lists {sorted(served)}, the pack has {sorted(ours)}"
-    for name in ours:
-        entry = info[name]
-        assert name.startswith("HRV"), name
-        assert entry["category"].startswith("HRV/"), (name, entry["category"])
-        assert entry["display_name"] and entry["display_name"] == pack.NODE_DISPLAY_NAME_MAPPINGS.get(name), name
-        assert entry["description"], f"{name} has no DESCRIPTION"
-        assert len(entry["output_name"]) == len(entry["output"]) and all(entry["output_name"]), name
-        assert len(entry.get("output_tooltips", [])) == len(entry["output"]), f"{name}: OUTPUT_TOOLTIPS"
-        assert all(entry["output_tooltips"]), f"{name}: empty output tooltip"
-        for section in ("required", "optional"):
-            for input_name, spec in entry["input"].get(section, {}).items():
-                options = spec[1] if len(spec) > 1 else {}
-                assert options.get("tooltip"), f"{name}.{input_name} has no tooltip"
-
+# --- (a) the real server (registration, templates, HTTP runs: test_server_e2e.py) --------------
 
 def test_server_is_stopped_when_start_up_fails(tmp_path):
     from hrv.testing.server import running_server

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 log = logging.getLogger("hrv.testing.server")
 
@@ -45,11 +46,20 @@ def log_tail(path: str, chars: int = 4000) -> str:
         return f.read()[-chars:]
 
 
-@contextlib.contextmanager
-def running_server(base_dir: str, log_path: str, port: int | None = None, timeout_s: float = 240.0, extra_args=()):
-    """Yield the URL of a ComfyUI server on 127.0.0.1 with base_dir; stopped in every outcome.
+@dataclass(frozen=True)
+class ServerHandle:
+    url: str  # http://127.0.0.1:PORT
+    pid: int  # ComfyUI's main.py itself (the process group leader), for memory readings
+    base_dir: str
+    log_path: str
 
-    Ready means GET /object_info answers, i.e. every node (ours included) has been loaded.
+
+@contextlib.contextmanager
+def comfyui_server(base_dir: str, log_path: str, port: int | None = None, timeout_s: float = 240.0, extra_args=()):
+    """Yield a ServerHandle for a ComfyUI server on 127.0.0.1 with base_dir; stopped in every outcome.
+
+    Ready means GET /system_stats answers, which ComfyUI serves only after every node (ours included)
+    has been loaded.
     """
     from ..comfy_host import comfyui_dir
     root = comfyui_dir()
@@ -75,6 +85,13 @@ def running_server(base_dir: str, log_path: str, port: int | None = None, timeou
                 raise TimeoutError(f"ComfyUI did not answer on {url} within {timeout_s:.0f} s:\n{log_tail(log_path)}")
             time.sleep(0.5)
         log.info("ComfyUI serving on %s (pid %d)", url, proc.pid)
-        yield url
+        yield ServerHandle(url=url, pid=proc.pid, base_dir=os.path.abspath(base_dir), log_path=log_path)
     finally:
         stop_process_group(proc)
+
+
+@contextlib.contextmanager
+def running_server(base_dir: str, log_path: str, port: int | None = None, timeout_s: float = 240.0, extra_args=()):
+    """comfyui_server() yielding only the URL."""
+    with comfyui_server(base_dir, log_path, port, timeout_s, extra_args) as server:
+        yield server.url

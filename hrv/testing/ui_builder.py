@@ -10,7 +10,11 @@ import uuid
 from .workflows import is_widget, widget_slots
 
 CONTROL_VALUE = "fixed"
-COLUMN_WIDTH, ROW_HEIGHT = 360, 230
+COLUMN_WIDTH, ROW_GAP, NODE_WIDTH = 360, 40, 320
+# LiteGraph's drawing sizes (title bar, one socket row, one widget row, a multiline text box), to lay rows out
+# so that tall nodes (KSampler, the steering nodes) do not cover the node below them.
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, TEXTBOX_HEIGHT = 30, 20, 24, 80
+NOTE_HEIGHT = 140
 
 
 class Output:
@@ -32,6 +36,7 @@ class UIWorkflow:
         self.nodes: list[dict] = []
         self.links: list[list] = []
         self.groups: list[dict] = []
+        self.cells: dict[int, tuple[int, int]] = {}  # node id -> grid cell (column, row); positions made in to_json
 
     def add(self, class_type: str, at: tuple[int, int], title: str | None = None, **values) -> UINode:
         """Add a node at grid cell (column, row); values are widget values or Outputs of other nodes."""
@@ -57,12 +62,13 @@ class UIWorkflow:
             inputs.append(socket)
         outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
                    for i, (t, n) in enumerate(zip(node_def["output"], node_def.get("output_name", node_def["output"])))]
-        data = {"id": node_id, "type": class_type, "pos": [40 + at[0] * COLUMN_WIDTH, 40 + at[1] * ROW_HEIGHT],
-                "size": [320, 160], "flags": {}, "order": node_id, "mode": 0, "inputs": inputs, "outputs": outputs,
+        data = {"id": node_id, "type": class_type, "pos": [0, 0],
+                "size": [NODE_WIDTH, _height(node_def, specs)], "flags": {}, "order": node_id, "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": class_type}, "widgets_values": widgets}
         if title:
             data["title"] = title
         self.nodes.append(data)
+        self.cells[node_id] = at
         for socket in inputs:
             if socket["link"] is not None:
                 link = self.links[socket["link"] - 1]
@@ -71,8 +77,9 @@ class UIWorkflow:
 
     def note(self, text: str, at: tuple[int, int]) -> None:
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": "Note", "pos": [40 + at[0] * COLUMN_WIDTH, 40 + at[1] * ROW_HEIGHT],
-                           "size": [320, 140], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
+        self.cells[node_id] = at
+        self.nodes.append({"id": node_id, "type": "Note", "pos": [0, 0],
+                           "size": [NODE_WIDTH, NOTE_HEIGHT], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text]})
 
     def _link(self, source: Output, target_id: int, target_slot: int, link_type: str) -> int:
@@ -80,11 +87,37 @@ class UIWorkflow:
         self.links.append([link_id, source.node.id, source.slot, target_id, target_slot, link_type])
         return link_id
 
+    def _place(self) -> None:
+        """Grid cells -> positions: each row as tall as its tallest node, columns at a fixed pitch."""
+        rows = max(row for _, row in self.cells.values()) + 1
+        heights = [0] * rows
+        for node in self.nodes:
+            row = self.cells[node["id"]][1]
+            heights[row] = max(heights[row], node["size"][1])
+        tops = [40]
+        for h in heights[:-1]:
+            tops.append(tops[-1] + (h + TITLE_HEIGHT + ROW_GAP if h else 0))
+        for node in self.nodes:
+            column, row = self.cells[node["id"]]
+            node["pos"] = [40 + column * COLUMN_WIDTH, tops[row] + TITLE_HEIGHT]
+
     def to_json(self, name: str) -> dict:
+        self._place()
         return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-hrv/{name}")), "revision": 0,
                 "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": self.groups, "config": {},
                 "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _height(node_def: dict, specs: dict) -> int:
+    """Roughly the body height LiteGraph gives this node (title bar excluded): sockets, then widgets."""
+    sockets = max(sum(not is_widget(spec) for spec in specs.values()), len(node_def["output"]))
+    body = SLOT_HEIGHT * sockets + 10
+    for name in widget_slots(node_def):
+        spec = specs.get(name)
+        multiline = spec is not None and len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("multiline")
+        body += TEXTBOX_HEIGHT if multiline else WIDGET_HEIGHT
+    return body
 
 
 def _socket_type(spec) -> str:

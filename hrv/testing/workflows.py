@@ -23,6 +23,7 @@ MODE_BYPASS = 4
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 SEED_NAMES = ("seed", "noise_seed")
 CONTROL_WIDGET = "control_after_generate"
+PACK_FOLDER = "comfyui-hrv"  # the pack's folder in custom_nodes/: ComfyUI serves its templates under this name
 UPLOAD_KEYS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
 
 
@@ -227,7 +228,7 @@ def object_info() -> dict:
     return {name: node_def_of(cls) for name, cls in nodes.NODE_CLASS_MAPPINGS.items()}
 
 
-def make_base_dir(base_dir: str, pack_dir: str | None = None, pack_name: str = "comfyui-hrv") -> str:
+def make_base_dir(base_dir: str, pack_dir: str | None = None, pack_name: str = PACK_FOLDER) -> str:
     """A ComfyUI base directory (models/, custom_nodes/, input/, output/, user/) with this pack linked in."""
     from ..comfy_host import PACK_DIR
     for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user", "temp"):
