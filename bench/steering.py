@@ -36,7 +36,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--use-pytorch-cross-attention", action="store_true",
                    help="ComfyUI's flag: use PyTorch SDPA instead of the CPU default (sub-quadratic)")
-    p.add_argument("--pairs", type=int, default=3, help="timed plain/patched UNet step pairs (default 3)")
+    p.add_argument("--pairs", type=int, default=6, help="timed plain/patched UNet step pairs (default 6)")
     p.add_argument("--warmup", type=int, default=1, help="untimed UNet steps of each kind first (default 1)")
     p.add_argument("--attn-reps", type=int, default=50, help="repetitions of the 16 attention calls (default 50)")
     p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
