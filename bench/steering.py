@@ -7,8 +7,9 @@ settings, steering active at the measured sigma. Plain and patched runs are inte
 process and repeated; medians are printed, and last:
   attn_overhead_ratio=  the 16 cross-attention calls of one step at their real shapes, patched / plain
   overhead_ratio=       one whole UNet step, patched / plain
-Ratios are taken between runs made back to back (per call, per ABBA pair) and their median is used,
-so slow changes in machine load cancel; a shared, busy machine still adds noise (the load is printed).
+Both are ratios of medians. Diagnostics before them: the ratio of minima (noise from other processes
+only adds time) and the median of back-to-back ratios (per call, per ABBA pair). On a shared, busy
+machine all of these carry noise of several percent; the load average is printed.
 The attention kernel is the one ComfyUI picks on this machine (CPU: sub-quadratic unless
 --use-pytorch-cross-attention selects SDPA; NVIDIA GPU: SDPA). For the record it also times the
 explicit-attention-map way (materialise softmax(QK^T/sqrt(d)), rescale the token columns, multiply by V).
@@ -35,7 +36,7 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--use-pytorch-cross-attention", action="store_true",
                    help="ComfyUI's flag: use PyTorch SDPA instead of the CPU default (sub-quadratic)")
-    p.add_argument("--pairs", type=int, default=3, help="timed plain/patched UNet step pairs (default 3)")
+    p.add_argument("--pairs", type=int, default=6, help="timed plain/patched UNet step pairs (default 6)")
     p.add_argument("--warmup", type=int, default=1, help="untimed UNet steps of each kind first (default 1)")
     p.add_argument("--attn-reps", type=int, default=50, help="repetitions of the 16 attention calls (default 50)")
     p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
@@ -196,7 +197,8 @@ def main():
     print("attention, 16 calls of one step, sum of per-call medians, ms: " +
           ", ".join(f"{name} {t * 1e3:.2f}" for name, t in attn.items()), flush=True)
     print("  (sum of per-call minima, ms: " + ", ".join(f"{n} {t * 1e3:.2f}" for n, t in attn_min.items()) +
-          f"; ratio of medians patched/plain {attn['patched'] / attn['plain']:.4f})", flush=True)
+          f"; patched/plain: minima {attn_min['patched'] / attn_min['plain']:.4f}, "
+          f"back-to-back {paired_ratio('patched'):.4f})", flush=True)
 
     # Whole UNet steps, ABBA-interleaved after warm-up.
     for i in range(args.warmup):
@@ -213,11 +215,11 @@ def main():
     step = {name: statistics.median(t) for name, t in step_times.items()}
     pair_ratio = statistics.median(p / q for p, q in zip(step_times["patched"], step_times["plain"]))
     print(f"UNet step, median s: plain {step['plain']:.3f}, patched {step['patched']:.3f} "
-          f"(ratio of medians {step['patched'] / step['plain']:.4f}; minima ratio "
+          f"(patched/plain: back-to-back {pair_ratio:.4f}, minima "
           f"{min(step_times['patched']) / min(step_times['plain']):.4f}); load average now {os.getloadavg()[0]:.2f}")
-    print(f"explicit_map_attn_ratio={paired_ratio('explicit_map'):.4f} (materialised attention map, for the record)")
-    print(f"attn_overhead_ratio={paired_ratio('patched'):.4f}")
-    print(f"overhead_ratio={pair_ratio:.4f}")
+    print(f"explicit_map_attn_ratio={attn['explicit_map'] / attn['plain']:.4f} (materialised attention map, for the record)")
+    print(f"attn_overhead_ratio={attn['patched'] / attn['plain']:.4f}")
+    print(f"overhead_ratio={step['patched'] / step['plain']:.4f}")
 
 
 if __name__ == "__main__":
