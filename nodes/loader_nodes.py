@@ -7,7 +7,6 @@ import torch
 
 from ..hrv.concepts import default_concept_names
 from ..hrv.hrv_file import HRVFileError, load
-from ..hrv.plot import relevance_image, top_heads
 from .hrv_folders import hrv_filenames, hrv_path
 
 NONE = "(none)"
@@ -68,6 +67,7 @@ class HRVInspect:
         }}
 
     def inspect(self, hrv, concept, compare_with, top_k):
+        from ..hrv.plot import relevance_image, top_heads  # PIL only when a heat map is drawn, not at start-up
         row = hrv.row(concept)
         other = None if compare_with == NONE else hrv.row(compare_with)
         pixels = relevance_image(hrv.layout, row, concept, top_k, other, compare_with)
