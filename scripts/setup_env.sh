@@ -27,12 +27,11 @@ _hrv_pip() {
 # does not pay for the attempt on every run.
 _hrv_apt_install() {
     local log="$1"; shift
-    local apt=(apt-get)
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get)
     if [[ "$(id -u)" != 0 ]]; then
         command -v sudo >/dev/null 2>&1 || return 1
-        apt=(sudo -n apt-get)
+        apt=(sudo -n "${apt[@]}")
     fi
-    export DEBIAN_FRONTEND=noninteractive
     "${apt[@]}" install -y -q "$@" >"$log" 2>&1 && return 0
     # The package lists may be missing or stale (fresh containers): refresh once and retry.
     "${apt[@]}" update -q >>"$log" 2>&1 && "${apt[@]}" install -y -q "$@" >>"$log" 2>&1

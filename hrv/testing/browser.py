@@ -113,18 +113,25 @@ def open_template_from_menu(page, pack_folder: str, name: str) -> None:
     log.info("template %s/%s loaded through the templates menu", pack_folder, name)
 
 
-def template_thumbnail_loaded(page, pack_folder: str, name: str, timeout_s: float = 15.0) -> bool:
-    """Whether the open templates browser shows our own picture for name (not the frontend's default image)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+def template_thumbnail(page, name: str) -> bytes | None:
+    """The bytes of the picture the open templates browser shows on name's card, once it has loaded.
+
+    The frontend fetches each thumbnail and shows it from a blob: URL, falling back to a default picture
+    when the pack has none; reading the bytes back tells which one the user sees.
+    """
+    import base64
     page.locator(f"img[alt='{name}']").first.wait_for()
-    try:
-        page.wait_for_function(
-            """([alt, suffix]) => [...document.querySelectorAll('img')].some(
-                img => img.alt === alt && img.complete && img.naturalWidth > 0 && img.src.endsWith(suffix))""",
-            arg=[name, f"/api/workflow_templates/{pack_folder}/{name}.jpg"], timeout=timeout_s * 1000)
-        return True
-    except PlaywrightTimeout:
-        return False
+    page.wait_for_function(
+        "alt => [...document.querySelectorAll('img')].some(i => i.alt === alt && i.complete && i.naturalWidth > 0)",
+        arg=name)
+    encoded = page.evaluate("""async alt => {
+        const img = [...document.querySelectorAll('img')].find(i => i.alt === alt && i.complete && i.naturalWidth > 0);
+        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+        let text = '';
+        for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+        return btoa(text);
+    }""", name)
+    return base64.b64decode(encoded) if encoded else None
 
 
 def graph_nodes(page) -> list[dict]:

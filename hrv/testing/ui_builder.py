@@ -105,8 +105,8 @@ class UIWorkflow:
         self._place()
         return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-hrv/{name}")), "revision": 0,
                 "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": self.groups, "config": {},
-                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+                "links": self.links, "groups": self.groups, "config": {},  # offset: clear of the sidebar and menu
+                "extra": {"ds": {"scale": 0.8, "offset": [80, 70]}}, "version": 0.4}
 
 
 def _height(node_def: dict, specs: dict) -> int:
