@@ -87,9 +87,11 @@ def main() -> int:
         for i in range(pairs):
             # ABBA order so slow drift (thermal, other load) hits both sides equally
             if i % 2 == 0:
-                plain.append(step(False)); vote.append(step(True))
+                plain.append(step(False))
+                vote.append(step(True))
             else:
-                vote.append(step(True)); plain.append(step(False))
+                vote.append(step(True))
+                plain.append(step(False))
             print(f"pair {i + 1}/{pairs}: plain {plain[-1]:.3f}s  vote {vote[-1]:.3f}s")
         counts = recorder.take_prompt_counts()
         expected_votes = (pairs + 1) * layout.num_heads        # cond half only: one vote per head per step
