@@ -124,7 +124,7 @@ def test_npy_input_is_never_unpickled(tmp_path, reference_dir):
     for f in os.listdir(reference_dir):
         if f.endswith(".npy"):
             (src / f).write_bytes(open(f"{reference_dir}/{f}", "rb").read())
-    np.save(src / "hrv_sd_v1_4.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    np.save(src / "hrv_sd_v1_4.npy", np.array([{"evil": 1}], dtype=object))  # a pickled object array (np.save default)
     with pytest.raises(HRVFileError, match="not a readable .npy"):
         hrv.official.import_official(str(src), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "sd1_official.safetensors").exists()
