@@ -19,6 +19,7 @@ import time
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
+sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
 
 PAPER_PROMPTS, PAPER_STEPS = 2100, 50
 
@@ -35,10 +36,10 @@ def main() -> int:
     from hrv.comfy_host import use_comfyui
     use_comfyui(cpu=args.device == "cpu")
     from comfy.ldm.modules.attention import optimized_attention
-    from hrv.concepts import load_concept_set
-    from hrv.layout import cross_attention_modules, layout_of_unet
-    from hrv.testing.unets import build_unet
-    from hrv.votes import ConceptWords, VoteRecorder, fused_attention, head_vote_concepts, make_vote_patch
+    from hrv.format.concepts import load_concept_set
+    from hrv.format.layout import cross_attention_modules, layout_of_unet
+    from scripts.demo.unets import build_unet
+    from hrv.build.votes import ConceptWords, VoteRecorder, fused_attention, head_vote_concepts, make_vote_patch
 
     dtype = getattr(torch, args.dtype or ("float16" if args.device != "cpu" else "float32"))
     device = torch.device(args.device)

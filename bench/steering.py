@@ -27,6 +27,7 @@ import torch
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
+sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
 
 PROMPT = "a photo of a rose-colored car parked by the sea"
 TARGET = "rose-colored"
@@ -57,7 +58,7 @@ def setup_comfy(args):
 
 def load_hrv(pack, reference_dir, tmp_dir):
     if os.path.isdir(reference_dir):
-        from hrv.official import import_official
+        from hrv.format.official import import_official
         path = [p for p in import_official(reference_dir, tmp_dir) if p.endswith("sd1_official.safetensors")][0]
         return pack.hrv.hrv_file.load(path), "official sd1"
     g = torch.Generator().manual_seed(0)
@@ -83,7 +84,7 @@ def capture_cross_attention(model, attention, run_step):
     """The projected q, k, v and extra_options of every attn2 call of one real UNet step."""
     calls = []
     m = model.clone()
-    from hrv.layout import known_layout
+    from hrv.format.layout import known_layout
     for b in known_layout("sd1").blocks:
         def record(q, k, v, extra_options):
             calls.append((q, k, v, dict(extra_options)))
@@ -111,7 +112,7 @@ def main():
     args = parse_args()
     attention, device = setup_comfy(args)
     from hrv.comfy_host import import_pack
-    from hrv.testing.comfy_models import model_patcher, tokenizer_clip
+    from harness.comfy_models import model_patcher, tokenizer_clip
     import tempfile
     pack = import_pack()
     nodes = pack.nodes.steering_nodes

@@ -6,9 +6,10 @@ import json
 import logging
 import sys
 
-from .hrv_file import HRVFileError, load
+from .build import cli as build_cli
+from .format.hrv_file import HRVFileError, load
 
-COMMANDS = {}
+COMMANDS = dict(build_cli.COMMANDS)
 
 
 def command(fn):
@@ -18,21 +19,21 @@ def command(fn):
 
 @command
 def import_official(args):
-    from .official import import_official as run
+    from .format.official import import_official as run
     for path in run(args.src_dir, args.out_dir):
         print(path)
 
 
 @command
 def fetch_official(args):
-    from .official import fetch_official as run
+    from .format.official import fetch_official as run
     for path in run(args.out_dir):
         print(path)
 
 
 @command
 def export(args):
-    from .official import export_npy
+    from .format.official import export_npy
     export_npy(load(args.file), args.out, per_timestep=args.per_timestep)
     print(args.out)
 
@@ -43,7 +44,7 @@ def info(args):
 
 
 def parser() -> argparse.ArgumentParser:
-    from .official import PACK_DIR
+    from .format.official import PACK_DIR
     import os
     default_out = os.path.join(PACK_DIR, "data", "hrv_vectors")
     p = argparse.ArgumentParser(prog="python -m hrv", description="Head Relevance Vector tools")
@@ -59,12 +60,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-timestep", action="store_true", help="export the per-timestep HRVs [steps, concepts, heads]")
     s = sub.add_parser("info", help="print a JSON summary of an HRV file")
     s.add_argument("file")
-    for extra in _extra_parsers:
-        extra(sub)
+    build_cli.add_parsers(sub)
     return p
-
-
-_extra_parsers = []
 
 
 def main(argv=None) -> int:
@@ -77,5 +74,3 @@ def main(argv=None) -> int:
         return 2
     return 0
 
-
-from . import build_cli  # noqa: E402,F401  (registers `build` and `merge`)

@@ -5,12 +5,12 @@ import logging
 import os
 import re
 
-from ..hrv.build_run import BuildSettings, run_build
-from ..hrv.comfy_sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-from ..hrv.concept_embed import encode_concept_words
-from ..hrv.concepts import extend_concept_set, load_concept_set, parse_concept_text
-from ..hrv.hrv_file import save
-from ..hrv.prompts import parse_prompt_text, prompt_batch
+from ..hrv.build.run import BuildSettings, run_build
+from ..hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
+from ..hrv.build.concept_embed import encode_concept_words
+from ..hrv.format.concepts import extend_concept_set, load_concept_set, parse_concept_text
+from ..hrv.format.hrv_file import save
+from ..hrv.build.prompts import parse_prompt_text, prompt_batch
 from .hrv_folders import ensure_hrv_folder_registered, models_hrv_dir
 
 log = logging.getLogger("hrv.nodes")

@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from ..hrv.concepts import default_concept_names
-from ..hrv.hrv_file import HRVFileError, load
+from ..hrv.format.concepts import default_concept_names
+from ..hrv.format.hrv_file import HRVFileError, load
 from .hrv_folders import hrv_filenames, hrv_path
 
 NONE = "(none)"
@@ -67,7 +67,7 @@ class HRVInspect:
         }}
 
     def inspect(self, hrv, concept, compare_with, top_k):
-        from ..hrv.plot import relevance_image, top_heads  # PIL only when a heat map is drawn, not at start-up
+        from ..hrv.inspect.plot import relevance_image, top_heads  # PIL only when a heat map is drawn, not at start-up
         row = hrv.row(concept)
         other = None if compare_with == NONE else hrv.row(compare_with)
         pixels = relevance_image(hrv.layout, row, concept, top_k, other, compare_with)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from ..hrv.attention_patch import default_inner, factors_by_block, make_attn2_replacements
-from ..hrv.concepts import default_concept_names
-from ..hrv.layout import LayoutError, layout_of_unet
-from ..hrv.steering import adjust, ordered_weakening, strengthen
-from ..hrv.tokens import find_target_positions
+from ..hrv.steering.attention_patch import default_inner, factors_by_block, make_attn2_replacements
+from ..hrv.format.concepts import default_concept_names
+from ..hrv.format.layout import LayoutError, layout_of_unet
+from ..hrv.steering.factors import adjust, ordered_weakening, strengthen
+from ..hrv.steering.tokens import find_target_positions
 
 log = logging.getLogger("hrv.nodes.steering")
 

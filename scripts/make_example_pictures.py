@@ -21,6 +21,7 @@ import tempfile
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
+sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
 EXAMPLES_DIR = os.path.join(PACK_DIR, "example_workflows")
 MAX_BYTES = 200_000
 MARGIN = 24  # CSS pixels around the graph
@@ -58,7 +59,7 @@ def official_hrv_source() -> tuple[str, str] | None:
 
 
 def prepare_base(base: str) -> None:
-    from hrv.testing.workflows import make_base_dir
+    from scripts.demo.workflows import make_base_dir
     make_base_dir(base)
     hrv_dir = os.path.join(base, "models", "hrv")
     source = official_hrv_source()
@@ -67,7 +68,7 @@ def prepare_base(base: str) -> None:
         return
     kind, folder = source
     if kind == "npy":
-        from hrv.official import import_official
+        from hrv.format.official import import_official
         import_official(folder, hrv_dir)
     else:
         os.makedirs(hrv_dir, exist_ok=True)
@@ -94,8 +95,8 @@ def to_jpeg(png: bytes, max_width: int) -> bytes:
 
 def picture(page, name: str, workflow: dict, run: bool) -> bytes:
     """PNG screenshot of one example's graph, loaded from the templates menu (and run from the page if run)."""
-    from hrv.testing import browser
-    from hrv.testing.workflows import PACK_FOLDER
+    from harness import browser
+    from scripts.demo.workflows import PACK_FOLDER
     browser.open_template_from_menu(page, PACK_FOLDER, name)
     if run:
         page.get_by_role("button", name="Run", exact=True).click()
@@ -127,8 +128,8 @@ def main(argv=None) -> int:
     import json
 
     from hrv.comfy_host import use_comfyui
-    from hrv.testing import browser
-    from hrv.testing.server import comfyui_server
+    from harness import browser
+    from harness.server import comfyui_server
     use_comfyui()
     reason = browser.unavailable_reason()
     if reason:

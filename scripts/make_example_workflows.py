@@ -14,6 +14,7 @@ import tempfile
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
+sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
 OUT_DIR = os.path.join(PACK_DIR, "example_workflows")
 CKPT = "v1-5-pruned-emaonly.safetensors"
 HRV_FILE = "sd1_official.safetensors"
@@ -116,8 +117,8 @@ EXAMPLES = {"concept_adjust_polysemy": polysemy, "concept_strengthen_material": 
 
 
 def main() -> int:
-    from hrv.testing.ui_builder import UIWorkflow
-    from hrv.testing.workflows import make_base_dir, object_info, start_comfyui
+    from harness.ui_builder import UIWorkflow
+    from scripts.demo.workflows import make_base_dir, object_info, start_comfyui
     with tempfile.TemporaryDirectory() as base:
         start_comfyui(make_base_dir(base))
         defs = object_info()

@@ -19,7 +19,7 @@ SIZE, GRID, GAP = 256, 8, 5
 
 
 def main() -> int:
-    from hrv.plot import BACKGROUND, colormap
+    from hrv.inspect.plot import BACKGROUND, colormap
     rng = np.random.default_rng(2412)
     values = rng.gamma(1.5, 0.09, (GRID, GRID))  # most heads care little
     for r, c in ((1, 5), (2, 2), (4, 6), (5, 1), (6, 4)):

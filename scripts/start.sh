@@ -57,11 +57,11 @@ fi
 if ((DEMO)); then
     WORKFLOW_ARGS=()
     [[ -n "$WORKFLOW" ]] && WORKFLOW_ARGS=(--workflow "$WORKFLOW")
-    exec "$VENV_PYTHON" -m hrv.testing.demo run --base-dir "$BASE" --output "$REPO_ROOT/output" \
+    exec "$VENV_PYTHON" -m scripts.demo run --base-dir "$BASE" --output "$REPO_ROOT/output" \
         "${CKPT_ARGS[@]}" "${WORKFLOW_ARGS[@]}"
 fi
 
-"$VENV_PYTHON" -m hrv.testing.demo prepare --base-dir "$BASE" "${CKPT_ARGS[@]}"
+"$VENV_PYTHON" -m scripts.demo prepare --base-dir "$BASE" "${CKPT_ARGS[@]}"
 DEVICE_ARGS=()
 "$VENV_PYTHON" -c "import sys; from hrv.comfy_host import accelerator_available as a; sys.exit(0 if a() else 1)" \
     || DEVICE_ARGS=(--cpu)

@@ -33,14 +33,14 @@ def reference_dir():
 
 @pytest.fixture(scope="session")
 def official_dir(tmp_path_factory, reference_dir):
-    from hrv.official import import_official
+    from hrv.format.official import import_official
     out = tmp_path_factory.mktemp("official")
     import_official(reference_dir, str(out))
     return str(out)
 
 
 # --- The real ComfyUI host: a base dir with this pack linked in, the random SD1.5 checkpoint, ---
-# --- and ComfyUI loaded in-process (hrv.testing.workflows). ---------------------------------
+# --- and ComfyUI loaded in-process (scripts.demo.workflows). ---------------------------------
 
 @pytest.fixture(scope="session")
 def pack():
@@ -59,15 +59,15 @@ def pack():
 @pytest.fixture(scope="session")
 def random_checkpoint():
     """Path of the random-weight SD1.5 checkpoint; built once (~20 s) into ~/.cache/comfyui-hrv or HRV_CACHE_DIR."""
-    from hrv.testing.checkpoint import cached_random_sd15_checkpoint
+    from scripts.demo.checkpoint import cached_random_sd15_checkpoint
     return cached_random_sd15_checkpoint()
 
 
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory, random_checkpoint):
     """A ComfyUI base directory: custom_nodes/comfyui-hrv -> this repo, the random checkpoint in models/checkpoints."""
-    from hrv.testing.checkpoint import DEFAULT_NAME
-    from hrv.testing.workflows import make_base_dir
+    from scripts.demo.checkpoint import DEFAULT_NAME
+    from scripts.demo.workflows import make_base_dir
     base = make_base_dir(str(tmp_path_factory.mktemp("comfy_base")))
     os.symlink(random_checkpoint, os.path.join(base, "models", "checkpoints", DEFAULT_NAME))
     return base
@@ -75,8 +75,8 @@ def comfy_base(tmp_path_factory, random_checkpoint):
 
 @pytest.fixture(scope="session")
 def comfyui(comfy_base):
-    """ComfyUI loaded in this process (all built-in nodes and this pack); returns hrv.testing.workflows."""
-    from hrv.testing import workflows
+    """ComfyUI loaded in this process (all built-in nodes and this pack); returns scripts.demo.workflows."""
+    from scripts.demo import workflows
     workflows.start_comfyui(comfy_base)
     return workflows
 
@@ -94,9 +94,9 @@ def artifacts_dir():
 
 @pytest.fixture(scope="session")
 def server_base(tmp_path_factory, random_checkpoint, reference_dir):
-    from hrv.official import import_official
-    from hrv.testing.checkpoint import DEFAULT_NAME
-    from hrv.testing.workflows import make_base_dir
+    from hrv.format.official import import_official
+    from scripts.demo.checkpoint import DEFAULT_NAME
+    from scripts.demo.workflows import make_base_dir
     base = make_base_dir(str(tmp_path_factory.mktemp("server_base")))
     os.symlink(random_checkpoint, os.path.join(base, "models", "checkpoints", DEFAULT_NAME))
     import_official(reference_dir, os.path.join(base, "models", "hrv"))
@@ -109,7 +109,7 @@ def comfy_server(server_base, artifacts_dir):
 
     Its log goes to test-artifacts/comfyui-server.log.
     """
-    from hrv.testing.server import comfyui_server
+    from harness.server import comfyui_server
     with comfyui_server(server_base, os.path.join(artifacts_dir, "comfyui-server.log"), timeout_s=300) as server:
         yield server
 

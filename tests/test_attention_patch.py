@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-import hrv.attention_patch as ap
-from hrv.attention_patch import (SigmaGate, SteeringRuntimeError, default_inner, existing_replacement,
+import hrv.steering.attention_patch as ap
+from hrv.steering.attention_patch import (SigmaGate, SteeringRuntimeError, default_inner, existing_replacement,
                                  factors_by_block, make_attn2_replacements, make_steering_fn)
-from hrv.hrv_file import load
-from hrv.layout import known_layout
-from hrv.steering import adjust
+from hrv.format.hrv_file import load
+from hrv.format.layout import known_layout
+from hrv.steering.factors import adjust
 
 
 def kernels():

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from hrv.comfy_host import PACK_DIR
-from hrv.testing import browser
-from hrv.testing.client import ComfyClient
-from hrv.testing.workflows import PACK_FOLDER, ui_to_api
+from harness import browser
+from harness.client import ComfyClient
+from scripts.demo.workflows import PACK_FOLDER, ui_to_api
 
 REASON = browser.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no headless browser: {REASON}")

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from hrv.comfy_host import PACK_DIR
-from hrv.hrv_file import load
+from hrv.format.hrv_file import load
 
 
 def test_cli_builds_from_a_checkpoint_file_and_merges(random_checkpoint, tmp_path):

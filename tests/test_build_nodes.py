@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from hrv.hrv_file import load
-from hrv.testing.tiny_pipeline import tiny_sd1_pipeline
+from hrv.format.hrv_file import load
+from harness.tiny_pipeline import tiny_sd1_pipeline
 
 
 

@@ -1,16 +1,17 @@
 """--ray on a local Ray with 2 CPU workers: shards run as Ray tasks and merge into the single-run counts."""
 import functools
+import os
 
 import pytest
 import torch
 
 ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: pip install -r requirements-test.txt)")
 
-from hrv.build_ray import run_build_ray  # noqa: E402
-from hrv.build_run import BuildSettings, run_build  # noqa: E402
-from hrv.comfy_sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention  # noqa: E402
-from hrv.concept_embed import encode_concept_words  # noqa: E402
-from hrv.testing.tiny_pipeline import tiny_sd1_pipeline  # noqa: E402
+from hrv.build.ray_dispatch import run_build_ray  # noqa: E402
+from hrv.build.run import BuildSettings, run_build  # noqa: E402
+from hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention  # noqa: E402
+from hrv.build.concept_embed import encode_concept_words  # noqa: E402
+from harness.tiny_pipeline import tiny_sd1_pipeline  # noqa: E402
 
 CONCEPTS = {"Color": ["red", "blue"], "Animals": ["cat", "dog"], "Material": ["wood", "metal"]}
 PROMPTS = ["a cat", "a blue car", "a wooden chair", "two dogs", "a metal robot"]
@@ -30,7 +31,10 @@ def single_run_one_thread():
         torch.set_num_threads(threads)
 
 
-def test_ray_two_cpu_workers_merge_to_the_single_run(tmp_path):
+def test_ray_two_cpu_workers_merge_to_the_single_run(tmp_path, monkeypatch):
+    # The workers unpickle the loader, which lives in the test harness.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH")) if p))
     seen = []
     merged = run_build_ray(functools.partial(tiny_sd1_pipeline, 0), PROMPTS, CONCEPTS, SETTINGS,
                            work_dir=str(tmp_path / "shards"), progress=lambda d, t: seen.append((d, t)),

@@ -9,15 +9,15 @@ import sys
 import pytest
 import torch
 
-from hrv.build_run import BuildError, BuildSettings, Shard, merge_builds, run_build
+from hrv.build.run import BuildError, BuildSettings, Shard, merge_builds, run_build
 from hrv.cli import main as cli_main
 from hrv.cli import parser as cli_parser
-from hrv.comfy_sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-from hrv.concept_embed import encode_concept_words, semantic_positions
-from hrv.hrv_file import load, save
-from hrv.prompts import PromptError, imagenet_prompts, read_prompt_file
-from hrv.testing.tiny_pipeline import tiny_sd1_pipeline
-from hrv.votes import ConceptWordsError
+from hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
+from hrv.build.concept_embed import encode_concept_words, semantic_positions
+from hrv.format.hrv_file import load, save
+from hrv.build.prompts import PromptError, imagenet_prompts, read_prompt_file
+from harness.tiny_pipeline import tiny_sd1_pipeline
+from hrv.build.votes import ConceptWordsError
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 PACK_DIR = os.path.dirname(TESTS_DIR)
@@ -71,7 +71,7 @@ def test_concept_word_embeddings_average_the_semantic_tokens(pipeline):
 
 
 def test_sdxl_concept_words_concatenate_clip_l_and_clip_g():
-    from hrv.testing.tiny_pipeline import tiny_sdxl_clip
+    from harness.tiny_pipeline import tiny_sdxl_clip
     clip = tiny_sdxl_clip()
     words = encode_concept_words(clip, {"A": ["dark green", "red"], "B": ["cat"]})
     assert words.embeddings.shape == (3, 2048)
@@ -200,7 +200,7 @@ def _cli_files(tmp_path):
 
 
 def test_cli_build_loop_writes_the_same_counts(pipeline, tmp_path):
-    from hrv.build_cli import build_with
+    from hrv.build.cli import build_with
     model, clip, _ = pipeline
     out = str(tmp_path / "mine.safetensors")
     args = cli_parser().parse_args(["build", "--ckpt", "unused", "--out", out] + _cli_files(tmp_path))
@@ -211,12 +211,12 @@ def test_cli_build_loop_writes_the_same_counts(pipeline, tmp_path):
 
 
 def test_cli_command_loads_the_checkpoint_and_refuses_to_overwrite(pipeline, tmp_path, monkeypatch, capsys):
-    import hrv.comfy_sampling
+    import hrv.build.sampling
     model, clip, _ = pipeline
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"stand-in for a checkpoint file")
     loaded = []
-    monkeypatch.setattr(hrv.comfy_sampling, "load_checkpoint", lambda path: loaded.append(path) or (model, clip))
+    monkeypatch.setattr(hrv.build.sampling, "load_checkpoint", lambda path: loaded.append(path) or (model, clip))
     out = str(tmp_path / "built.safetensors")
     argv = ["build", "--ckpt", str(ckpt), "--out", out, "--cpu"] + _cli_files(tmp_path)
     assert cli_main(argv) == 0 and loaded == [str(ckpt)]

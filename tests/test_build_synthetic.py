@@ -6,14 +6,14 @@ only the weights and the concept word embeddings are engineered.
 import pytest
 import torch
 
-from hrv.build_run import BuildSettings, run_build
-from hrv.comfy_sampling import ComfyPromptSampler, optimized_attention
-from hrv.concepts import load_concept_set
-from hrv.hrv_file import normalise_rows
-from hrv.testing.engineered import engineer_head_preferences
-from hrv.testing.tiny_pipeline import tiny_sd1_model
-from hrv.testing.unets import build_unet
-from hrv.votes import ConceptWords
+from hrv.build.run import BuildSettings, run_build
+from hrv.build.sampling import ComfyPromptSampler, optimized_attention
+from hrv.format.concepts import load_concept_set
+from hrv.format.hrv_file import normalise_rows
+from harness.engineered import engineer_head_preferences
+from harness.tiny_pipeline import tiny_sd1_model
+from scripts.demo.unets import build_unet
+from hrv.build.votes import ConceptWords
 
 PROMPTS = ["a photo of a cat", "a red car", "an old castle"]
 
@@ -98,7 +98,7 @@ def test_building_changes_neither_the_model_nor_its_images(engineered):
     after = sampler(model, PROMPTS[0], 4, lambda i: None)
     assert torch.equal(before, after)
     # The vote patches themselves attend exactly like the unpatched model: same image, bit for bit.
-    from hrv.votes import install_vote_patches
+    from hrv.build.votes import install_vote_patches
     patched, recorder = install_vote_patches(model, words, 2, optimized_attention())
     with torch.inference_mode():
         voted = sampler(patched, PROMPTS[0], 4, recorder.end_step)

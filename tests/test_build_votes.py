@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from hrv.layout import known_layout
-from hrv.votes import (ConceptWords, ConceptWordsError, VoteRecorder, conditional_rows, head_vote_concepts,
+from hrv.format.layout import known_layout
+from hrv.build.votes import (ConceptWords, ConceptWordsError, VoteRecorder, conditional_rows, head_vote_concepts,
                        install_vote_patches, make_vote_patch, mean_word_attention)
 
 
@@ -157,7 +157,7 @@ def test_vote_patch_records_then_calls_the_inner_attention():
 
 
 def test_install_chains_existing_replacements_and_leaves_the_model_alone():
-    from hrv.testing.tiny_pipeline import tiny_sd1_model
+    from harness.tiny_pipeline import tiny_sd1_model
     model = tiny_sd1_model()
     seen = []
 
@@ -181,6 +181,6 @@ def test_install_chains_existing_replacements_and_leaves_the_model_alone():
 
 
 def test_install_rejects_embeddings_of_another_text_encoder():
-    from hrv.testing.tiny_pipeline import tiny_sd1_model
+    from harness.tiny_pipeline import tiny_sd1_model
     with pytest.raises(ConceptWordsError, match="1280 dims but cross-attention .* expects 768"):
         install_vote_patches(tiny_sd1_model(), _words(dim=1280), 2, optimized_attention=None)

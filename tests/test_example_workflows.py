@@ -15,14 +15,14 @@ EXAMPLES = sorted(glob.glob(os.path.join(PACK_DIR, "example_workflows", "*.json"
 @pytest.fixture(scope="module")
 def hrv_models(comfyui, comfy_base, reference_dir):
     """The official HRVs where ComfyUI users keep them: models/hrv/."""
-    from hrv.official import import_official
+    from hrv.format.official import import_official
     import_official(reference_dir, os.path.join(comfy_base, "models", "hrv"))
     return comfyui
 
 
 def _run(workflows, path):
-    from hrv.testing.checkpoint import DEFAULT_NAME
-    from hrv.testing.demo import point_at_checkpoint
+    from scripts.demo.checkpoint import DEFAULT_NAME
+    from scripts.demo.__main__ import point_at_checkpoint
     with open(path, encoding="utf-8") as f:
         prompt = workflows.ui_to_api(json.load(f), workflows.object_info())
     point_at_checkpoint(prompt, DEFAULT_NAME)
@@ -50,7 +50,7 @@ def test_examples_are_up_to_date_with_the_generator(hrv_models, tmp_path, monkey
     spec = importlib.util.spec_from_file_location("make_examples", os.path.join(PACK_DIR, "scripts", "make_example_workflows.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from hrv.testing.ui_builder import UIWorkflow
+    from harness.ui_builder import UIWorkflow
     for name, build in module.EXAMPLES.items():
         wf = UIWorkflow(hrv_models.object_info())
         build(wf)

@@ -4,8 +4,8 @@ import random
 import pytest
 
 from hrv.cli import main as cli
-from hrv.hrv_file import HRVFileError, load
-from hrv.testing.fuzz import KINDS, good_file_bytes, mutants
+from hrv.format.hrv_file import HRVFileError, load
+from harness.fuzz import KINDS, good_file_bytes, mutants
 
 MUTANTS = 1000
 

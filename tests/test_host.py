@@ -18,7 +18,7 @@ def load_workflow(name):
 # --- (a) the real server (registration, templates, HTTP runs: test_server_e2e.py) --------------
 
 def test_server_is_stopped_when_start_up_fails(tmp_path):
-    from hrv.testing.server import running_server
+    from harness.server import running_server
     missing = str(tmp_path / "no-such-base")  # no custom_nodes/ in it: ComfyUI exits at start-up
     with pytest.raises(RuntimeError, match="exited with code"):
         with running_server(missing, str(tmp_path / "log.txt"), timeout_s=120):
@@ -83,7 +83,7 @@ def test_execution_errors_name_the_failing_node(comfyui):
 
 
 def test_headless_demo_writes_images_to_the_output_folder(comfy_base, comfyui, tmp_path):
-    from hrv.testing import demo
+    import scripts.demo.__main__ as demo
     out = tmp_path / "out"
     images = demo.run(comfy_base, os.path.join(WORKFLOWS, "sd15_txt2img_core.json"), str(out))
     assert len(images) == 1 and images[0].startswith(str(out)) and os.path.isfile(images[0])
@@ -92,8 +92,8 @@ def test_headless_demo_writes_images_to_the_output_folder(comfy_base, comfyui, t
 def test_demo_prepare_falls_back_to_the_random_checkpoint_only_without_a_real_one(tmp_path, random_checkpoint):
     from safetensors.torch import save_file
 
-    from hrv.testing import demo
-    from hrv.testing.checkpoint import DEFAULT_NAME
+    import scripts.demo.__main__ as demo
+    from scripts.demo.checkpoint import DEFAULT_NAME
     base = str(tmp_path / "base")
     name, is_random = demo.prepare(base)
     assert (name, is_random) == (DEFAULT_NAME, True)
@@ -111,7 +111,7 @@ def test_demo_prepare_falls_back_to_the_random_checkpoint_only_without_a_real_on
 def test_random_checkpoint_has_original_ldm_key_names(random_checkpoint):
     from safetensors import safe_open
 
-    from hrv.testing.checkpoint import is_random_checkpoint
+    from scripts.demo.checkpoint import is_random_checkpoint
     prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model.")
     with safe_open(random_checkpoint, framework="pt") as f:
         keys = list(f.keys())
@@ -137,7 +137,7 @@ def test_start_script_launcher_stops_comfyui_on_signals(comfy_base, tmp_path, st
     import time
 
     from hrv.comfy_host import comfyui_dir
-    from hrv.testing.server import free_port, get_json, log_tail, stop_process_group
+    from harness.server import free_port, get_json, log_tail, stop_process_group
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     port = free_port()
     log_path = str(tmp_path / "server.log")

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import hrv
+import hrv.format.official
 from hrv.cli import main as cli
-from hrv.hrv_file import HRV, HRVFileError, load, normalise_rows, save
-from hrv.layout import known_layout
-from hrv.official import fetch_official, official_manifest, verify_download
+from hrv.format.hrv_file import HRV, HRVFileError, load, normalise_rows, save
+from hrv.format.layout import known_layout
+from hrv.format.official import fetch_official, official_manifest, verify_download
 
 
 def test_import_export_is_bit_identical(reference_dir, official_dir, tmp_path):
@@ -73,7 +74,7 @@ def _rewrite_metadata(src, dst, **changes):
     """Same tensors, changed metadata, valid checksum: only the semantic checks can catch it."""
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from hrv.hrv_file import checksum
+    from hrv.format.hrv_file import checksum
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -126,7 +127,7 @@ def test_npy_input_is_never_unpickled(tmp_path, reference_dir):
             (src / f).write_bytes(open(f"{reference_dir}/{f}", "rb").read())
     np.save(src / "hrv_sd_v1_4.npy", np.array([{"evil": 1}], dtype=object))  # a pickled object array (np.save default)
     with pytest.raises(HRVFileError, match="not a readable .npy"):
-        hrv.official.import_official(str(src), str(tmp_path / "out"))
+        hrv.format.official.import_official(str(src), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "sd1_official.safetensors").exists()
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hrv.layout import HeadLayout, LayoutError, known_layout, layout_of_unet
-from hrv.testing.unets import build_unet
+from hrv.format.layout import HeadLayout, LayoutError, known_layout, layout_of_unet
+from scripts.demo.unets import build_unet
 
 
 @pytest.mark.parametrize("arch,heads,blocks", [("sd1", 128, 16), ("sdxl", 1300, 70)])

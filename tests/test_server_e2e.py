@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from hrv.comfy_host import PACK_DIR
-from hrv.testing.checkpoint import DEFAULT_NAME
-from hrv.testing.client import ComfyClient, PromptRejected
-from hrv.testing.workflows import PACK_FOLDER, ui_to_api
+from scripts.demo.checkpoint import DEFAULT_NAME
+from harness.client import ComfyClient, PromptRejected
+from scripts.demo.workflows import PACK_FOLDER, ui_to_api
 
 EXAMPLES = sorted(glob.glob(os.path.join(PACK_DIR, "example_workflows", "*.json")))
 EXAMPLE_NAMES = [os.path.basename(p)[:-5] for p in EXAMPLES]

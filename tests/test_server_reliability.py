@@ -10,9 +10,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from hrv.testing.checkpoint import DEFAULT_NAME
-from hrv.testing.client import ComfyClient
-from hrv.testing.fuzz import KINDS, good_file_bytes, mutants
+from scripts.demo.checkpoint import DEFAULT_NAME
+from harness.client import ComfyClient
+from harness.fuzz import KINDS, good_file_bytes, mutants
 
 SOAK_GRAPHS = 100
 MEMORY_FROM = 10  # the first graphs load the checkpoint and warm caches: growth is measured from here

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from hrv.hrv_file import load
-from hrv.steering import SteeringError, adjust, ordered_weakening, strengthen
+from hrv.format.hrv_file import load
+from hrv.steering.factors import SteeringError, adjust, ordered_weakening, strengthen
 
 
 @pytest.fixture(scope="module")

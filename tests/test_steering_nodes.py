@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hrv.comfy_host import import_pack
-from hrv.layout import known_layout
-from hrv.testing.comfy_models import model_patcher, tokenizer_clip
+from hrv.format.layout import known_layout
+from harness.comfy_models import model_patcher, tokenizer_clip
 
 PROMPT = "a photo of a (rose-colored:1.1) car parked by the sea"
 TARGET = "rose-colored"
@@ -26,12 +26,12 @@ def nodes(pack):
 
 @pytest.fixture(scope="module")
 def sd1_hrv(pack, official_dir):
-    return pack.hrv.hrv_file.load(f"{official_dir}/sd1_official.safetensors")
+    return pack.hrv.format.hrv_file.load(f"{official_dir}/sd1_official.safetensors")
 
 
 @pytest.fixture(scope="module")
 def sdxl_hrv(pack, official_dir):
-    return pack.hrv.hrv_file.load(f"{official_dir}/sdxl_official.safetensors")
+    return pack.hrv.format.hrv_file.load(f"{official_dir}/sdxl_official.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_registered_with_tooltips_everywhere(pack):
 
 
 def test_each_node_puts_its_factors_on_exactly_the_target_tokens(nodes, model, clip, sd1_hrv):
-    from hrv.steering import adjust as adjust_factors, ordered_weakening, strengthen as strengthen_factors
+    from hrv.steering.factors import adjust as adjust_factors, ordered_weakening, strengthen as strengthen_factors
     base, seen = recorders(model)
     cases = [
         (nodes.HRVConceptStrengthen().apply(base, clip, sd1_hrv, PROMPT, TARGET, "Color", 0.7, 0.0, 1.0)[0],
@@ -171,7 +171,7 @@ def test_only_inside_the_sigma_range(nodes, model, clip, sd1_hrv):
 
 
 def test_two_nodes_in_series_multiply(nodes, model, clip, sd1_hrv):
-    from hrv.steering import adjust as adjust_factors, strengthen as strengthen_factors
+    from hrv.steering.factors import adjust as adjust_factors, strengthen as strengthen_factors
     first = strengthen(nodes, model, clip, sd1_hrv, concept="Material", strength=0.5)
     both = adjust(nodes, first, clip, sd1_hrv)
     product = strengthen_factors(sd1_hrv.row("Material"), 0.5) * adjust_factors(sd1_hrv.row("Color"), sd1_hrv.row("Vehicles"))
@@ -234,7 +234,7 @@ def test_clear_errors(pack, nodes, model, clip, sd1_hrv, sdxl_hrv):
     node = nodes.HRVConceptStrengthen()
     with pytest.raises(ValueError, match="made for sdxl .* load the HRV made for your checkpoint"):
         node.apply(model, clip, sdxl_hrv, PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
-    custom = pack.hrv.hrv_file.HRV(matrix=torch.ones(2, 128), layout=sd1_hrv.layout, concepts=["Texture", "Shape"])
+    custom = pack.hrv.format.hrv_file.HRV(matrix=torch.ones(2, 128), layout=sd1_hrv.layout, concepts=["Texture", "Shape"])
     with pytest.raises(ValueError, match="concept 'Color' is not in this HRV; pick one of: Texture, Shape"):
         node.apply(model, clip, custom, PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="'tulip' is not in the prompt"):

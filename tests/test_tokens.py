@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from hrv.testing.comfy_models import tokenizer_clip
-from hrv.tokens import TargetWordError, find_target_positions, split_targets
+from harness.comfy_models import tokenizer_clip
+from hrv.steering.tokens import TargetWordError, find_target_positions, split_targets
 
 
 class ClipWithoutWordIds:

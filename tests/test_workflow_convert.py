@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from hrv.testing.workflows import WorkflowError, process_dynamic_prompt, ui_to_api, widget_slots
+from scripts.demo.workflows import WorkflowError, process_dynamic_prompt, ui_to_api, widget_slots
 
 
 class Graph:

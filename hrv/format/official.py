@@ -14,9 +14,9 @@ from .concepts import load_concept_set
 from .hrv_file import HRV, HRVFileError, save
 from .layout import known_layout
 
-log = logging.getLogger("hrv.official")
+log = logging.getLogger("hrv.format.official")
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFEST_PATH = os.path.join(PACK_DIR, "data", "hrv_vectors", "manifest.json")
 RAW_URL = "https://raw.githubusercontent.com/{repository}/{commit}/{path}"
 

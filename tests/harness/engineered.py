@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import layout_of_unet
+from hrv.format.layout import layout_of_unet
 
 
 def transformer_blocks(unet) -> dict[tuple[str, int, int], torch.nn.Module]:

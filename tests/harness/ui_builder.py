@@ -1,13 +1,13 @@
 """Build UI-format workflows (what the web UI saves and loads) from a few lines of Python.
 
-Widget values are laid out from the nodes' own definitions (hrv.testing.workflows.widget_slots),
+Widget values are laid out from the nodes' own definitions (scripts.demo.workflows.widget_slots),
 so a saved example stays in step with the node code that ui_to_api converts it with.
 """
 from __future__ import annotations
 
 import uuid
 
-from .workflows import is_widget, widget_slots
+from scripts.demo.workflows import is_widget, widget_slots
 
 CONTROL_VALUE = "fixed"
 COLUMN_WIDTH, ROW_GAP, NODE_WIDTH = 360, 40, 320

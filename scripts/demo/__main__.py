@@ -1,7 +1,7 @@
 """What scripts/start.sh runs in Python: prepare the ComfyUI base directory, run a workflow headless.
 
-    python -m hrv.testing.demo prepare --base-dir comfy_base [--ckpt PATH]
-    python -m hrv.testing.demo run --base-dir comfy_base --workflow FILE --output output [--ckpt PATH]
+    python -m scripts.demo prepare --base-dir comfy_base [--ckpt PATH]
+    python -m scripts.demo run --base-dir comfy_base --workflow FILE --output output [--ckpt PATH]
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-from ..comfy_host import PACK_DIR
+from hrv.comfy_host import PACK_DIR
 
-log = logging.getLogger("hrv.testing.demo")
+log = logging.getLogger("scripts.demo.__main__")
 
 NOISE_WARNING = """
 ##########################################################################################
@@ -33,7 +33,7 @@ def checkpoint_folder(base_dir: str) -> str:
 
 def real_checkpoints(base_dir: str) -> list[str]:
     """Checkpoint files in the base directory other than the random one, as ComfyUI names them."""
-    from .checkpoint import is_random_checkpoint
+    from scripts.demo.checkpoint import is_random_checkpoint
     from folder_paths import supported_pt_extensions
     folder = checkpoint_folder(base_dir)
     names = []
@@ -64,8 +64,8 @@ def prepare(base_dir: str, ckpt: str | None = None) -> tuple[str | None, bool]:
     With ckpt: that file is linked in and used. Without: the checkpoints already in the folder are
     left to the workflows; if there are none, the random SD1.5 checkpoint is linked in.
     """
-    from .checkpoint import DEFAULT_NAME, cached_random_sd15_checkpoint
-    from .workflows import make_base_dir
+    from scripts.demo.checkpoint import DEFAULT_NAME, cached_random_sd15_checkpoint
+    from scripts.demo.workflows import make_base_dir
     make_base_dir(base_dir)
     if ckpt:
         return link_checkpoint(base_dir, ckpt), False
@@ -109,7 +109,7 @@ def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = N
     """Run a UI-format workflow through ComfyUI's executor; images land in output_dir. Returns their paths."""
     import folder_paths
 
-    from . import workflows
+    from scripts.demo import workflows
     default_ckpt, is_random = prepare(base_dir, ckpt)
     workflows.start_comfyui(base_dir, cpu=cpu)
     os.makedirs(output_dir, exist_ok=True)
@@ -131,7 +131,7 @@ def run(base_dir: str, workflow_path: str, output_dir: str, ckpt: str | None = N
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hrv.testing.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("prepare", "run"):
         s = sub.add_parser(name)
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     s.add_argument("--output", default=os.path.join(PACK_DIR, "output"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    from ..comfy_host import accelerator_available, use_comfyui
+    from hrv.comfy_host import accelerator_available, use_comfyui
     use_comfyui(cpu=not accelerator_available())
     try:
         if args.command == "prepare":

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .layout import HeadLayout
+from ..format.layout import HeadLayout
 
 # Anchors of a perceptually ordered sequential map (dark blue -> teal -> yellow) and a diverging one.
 SEQUENTIAL = np.array([[13, 8, 135], [84, 2, 163], [139, 10, 165], [185, 50, 137], [219, 92, 104],

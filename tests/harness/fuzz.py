@@ -19,8 +19,8 @@ KINDS = ("truncated", "bit-flipped", "header-length", "semantic", "junk")
 
 def good_file_bytes(work_dir: str) -> bytes:
     """Write work_dir/good.safetensors, a valid HRV with votes, and return its bytes."""
-    from ..hrv_file import HRV, normalise_rows, save
-    from ..layout import known_layout
+    from hrv.format.hrv_file import HRV, normalise_rows, save
+    from hrv.format.layout import known_layout
     votes = torch.randint(0, 4, (3, 4, 128), generator=torch.Generator().manual_seed(1))  # [steps, concepts, heads]
     path = os.path.join(work_dir, "good.safetensors")
     save(HRV(matrix=normalise_rows(votes.sum(0)), layout=known_layout("sd1"), concepts=list("ABCD"),
@@ -34,7 +34,7 @@ def _consistent(work_dir: str, name: str, tensors: dict, meta_changes: dict) -> 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from ..hrv_file import checksum
+    from hrv.format.hrv_file import checksum
     with safe_open(os.path.join(work_dir, "good.safetensors"), framework="pt") as f:
         meta = dict(f.metadata())
     meta.update(meta_changes)

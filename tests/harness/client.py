@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-log = logging.getLogger("hrv.testing.client")
+log = logging.getLogger("harness.client")
 
 FINISHED = ("execution_success", "execution_error", "execution_interrupted")
 

@@ -14,9 +14,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .layout import HeadLayout
+from ..format.layout import HeadLayout
 
-log = logging.getLogger("hrv.attention_patch")
+log = logging.getLogger("hrv.steering.attention_patch")
 
 AttnKey = tuple  # (block, block_id, transformer_index): ComfyUI's attn2 replace key
 Attn2Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]

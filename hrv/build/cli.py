@@ -14,9 +14,8 @@ import functools
 import logging
 import os
 
-from . import cli
-from .build_run import BuildError, BuildSettings, Shard, merge_builds, run_build
-from .hrv_file import HRV, load, save
+from .run import BuildError, BuildSettings, Shard, merge_builds, run_build
+from ..format.hrv_file import HRV, load, save
 
 log = logging.getLogger("hrv.build")
 
@@ -39,7 +38,7 @@ def prompts_from_args(args) -> list[str]:
 
 
 def concepts_from_args(args) -> dict[str, list[str]]:
-    from .concepts import load_concept_set
+    from ..format.concepts import load_concept_set
     return load_concept_set(args.concepts)
 
 
@@ -69,7 +68,7 @@ class _Bar:
 
 def build_with(args, model, clip, model_id=None) -> HRV:
     """The build loop of `python -m hrv build` on an already loaded (model, clip); writes args.out."""
-    from .comfy_sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
+    from .sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
     from .concept_embed import encode_concept_words
     _check_out(args)
     settings = settings_from_args(args)
@@ -93,17 +92,16 @@ def build_with(args, model, clip, model_id=None) -> HRV:
 
 
 def model_id_of(path: str) -> dict:
-    from .official import sha256_of
+    from ..format.official import sha256_of
     log.info("hashing %s", path)
     return {"file": os.path.basename(path), "sha256": sha256_of(path)}
 
 
-@cli.command
 def build(args):
-    from .comfy_host import use_comfyui
+    from ..comfy_host import use_comfyui
     import torch
     use_comfyui(cpu=args.cpu or not torch.cuda.is_available())
-    from . import comfy_sampling
+    from . import sampling as comfy_sampling
     if not os.path.isfile(args.ckpt):
         raise BuildError(f"no checkpoint at {args.ckpt}")
     model_id = model_id_of(args.ckpt)
@@ -119,7 +117,7 @@ def build(args):
 
 def build_on_ray(args, loader, model_id=None) -> HRV:
     """`--ray`: one shard per GPU (or per worker) as Ray tasks; the driver merges and writes args.out."""
-    from .build_ray import run_build_ray
+    from .ray_dispatch import run_build_ray
     _check_out(args)
     if args.shard != "0/1":
         raise BuildError("--shard and --ray do not go together: Ray splits the prompts itself")
@@ -136,7 +134,6 @@ def build_on_ray(args, loader, model_id=None) -> HRV:
     return hrv
 
 
-@cli.command
 def merge(args):
     if not args.out.endswith(SUFFIX):
         raise BuildError(f"the merged file must be a {SUFFIX} file, got {args.out}")
@@ -175,4 +172,4 @@ def add_parsers(sub) -> None:
     s.add_argument("--mixed", action="store_true", help="allow builds with different prompts or settings")
 
 
-cli._extra_parsers.append(add_parsers)
+COMMANDS = {"build": build, "merge": merge}

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-log = logging.getLogger("hrv.testing.server")
+log = logging.getLogger("harness.server")
 
 
 def free_port() -> int:
@@ -61,7 +61,7 @@ def comfyui_server(base_dir: str, log_path: str, port: int | None = None, timeou
     Ready means GET /system_stats answers, which ComfyUI serves only after every node (ours included)
     has been loaded.
     """
-    from ..comfy_host import comfyui_dir
+    from hrv.comfy_host import comfyui_dir
     root = comfyui_dir()
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"

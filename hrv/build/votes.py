@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .layout import HeadLayout, cross_attention_modules, layout_of_unet
+from ..format.layout import HeadLayout, cross_attention_modules, layout_of_unet
 
 # Upper bound on the [B, heads, n, W] score chunk, in elements. On a GPU big chunks mean few
 # kernel launches (64 MiB of float32); on a CPU a chunk that stays in cache (2 MiB) while it is

@@ -14,12 +14,12 @@ import os
 import time
 from typing import Callable
 
-from .build_run import BuildError, BuildSettings, Shard, merge_builds, run_build
-from .hrv_file import HRV
+from .run import BuildError, BuildSettings, Shard, merge_builds, run_build
+from ..format.hrv_file import HRV
 
 log = logging.getLogger("hrv.build")
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UPLOAD_EXCLUDES = [".venv", ".git", "data/hrv_vectors", "output", "test-artifacts", "*.safetensors", "*.ckpt", "*.pt"]
 
 
@@ -42,7 +42,7 @@ def runtime_env(address: str | None) -> dict:
 def build_shard(loader: Callable, prompts: list[str], concepts: dict, settings: BuildSettings, shard: Shard,
                 checkpoint_path: str | None, resume: bool, model_id, checkpoint_every: int, tracker=None) -> HRV:
     """Body of one Ray task (also callable directly): load, embed the concept words, build the shard."""
-    from .comfy_sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
+    from .sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
     from .concept_embed import encode_concept_words
     model, clip = loader()
     words = encode_concept_words(clip, concepts)

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-log = logging.getLogger("hrv.testing.browser")
+log = logging.getLogger("harness.browser")
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # What works as root in a container: no sandbox, no GPU, nothing reaching out to the network by itself.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-DEFAULT_CONCEPTS_PATH = os.path.join(os.path.dirname(__file__), "data", "default_concepts.json")
+DEFAULT_CONCEPTS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "default_concepts.json")
 
 
 class ConceptSetError(ValueError):

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .build_run import BuildSettings
+from .run import BuildSettings
 
 log = logging.getLogger("hrv.build")
 
@@ -66,7 +66,7 @@ def load_checkpoint(path: str, cpu: bool | None = None):
     `cpu` (default: when no CUDA device is visible).
     """
     if "comfy.model_management" not in sys.modules:
-        from .comfy_host import use_comfyui
+        from ..comfy_host import use_comfyui
         use_comfyui(cpu=cpu if cpu is not None else not torch.cuda.is_available())
     import comfy.sd
     out = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=True)

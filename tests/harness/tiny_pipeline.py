@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from .unets import init_random_, unet_config
+from scripts.demo.unets import init_random_, unet_config
 
 TINY_CLIP = {"num_hidden_layers": 2, "intermediate_size": 512}
 
 
 def tiny_sd1_model(seed: int = 0, unet=None):
-    from ..comfy_host import use_comfyui
+    from hrv.comfy_host import use_comfyui
     use_comfyui(cpu=True)
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -31,7 +31,7 @@ def tiny_sd1_model(seed: int = 0, unet=None):
 
 
 def tiny_sd1_clip(seed: int = 1):
-    from ..comfy_host import use_comfyui
+    from hrv.comfy_host import use_comfyui
     use_comfyui(cpu=True)
     import comfy.sd
     import comfy.supported_models
@@ -48,7 +48,7 @@ def tiny_sd1_pipeline(seed: int = 0):
 
 def tiny_sdxl_clip(seed: int = 2):
     """ComfyUI's SDXL CLIP (clip_l || clip_g, 2048-dim tokens) with 3 small layers each (SDXL reads layer -2)."""
-    from ..comfy_host import use_comfyui
+    from hrv.comfy_host import use_comfyui
     use_comfyui(cpu=True)
     import comfy.sd
     import comfy.supported_models

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .unets import build_unet, unet_config
+from scripts.demo.unets import build_unet, unet_config
 
 
 def model_patcher(arch: str = "sd1", size: str = "tiny", device: str = "cpu", seed: int = 0):

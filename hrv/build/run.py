@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from .hrv_file import HRV, HRVFileError, load, normalise_rows, save
+from ..format.hrv_file import HRV, HRVFileError, load, normalise_rows, save
 from .votes import ConceptWords, install_vote_patches
 
 log = logging.getLogger("hrv.build")

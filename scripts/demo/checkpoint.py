@@ -16,7 +16,7 @@ import os
 
 import torch
 
-log = logging.getLogger("hrv.testing.checkpoint")
+log = logging.getLogger("scripts.demo.checkpoint")
 
 # Bump when the generated weights change, so cached files are rebuilt.
 GENERATOR_VERSION = 1
@@ -31,7 +31,7 @@ def sd15_checkpoint_shapes() -> dict[str, torch.Size]:
     import comfy.supported_models
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
-    from .unets import unet_config
+    from scripts.demo.unets import unet_config
 
     model_config = comfy.supported_models.SD15(unet_config("sd1", "full"))
     with torch.device("meta"):
@@ -103,9 +103,9 @@ def is_random_checkpoint(path: str) -> bool:
 def main(argv=None) -> int:
     import argparse
 
-    from ..comfy_host import use_comfyui
+    from hrv.comfy_host import use_comfyui
 
-    p = argparse.ArgumentParser(prog="python -m hrv.testing.checkpoint",
+    p = argparse.ArgumentParser(prog="python -m scripts.demo.checkpoint",
                                 description="write a random-weight SD1.5 checkpoint (images are noise)")
     p.add_argument("out", nargs="?", help="output .safetensors path (default: the shared cache; prints its path)")
     p.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-log = logging.getLogger("hrv.testing.workflows")
+log = logging.getLogger("scripts.demo.workflows")
 
 # Nodes that exist only in the web UI and never reach the API prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
@@ -230,7 +230,7 @@ def object_info() -> dict:
 
 def make_base_dir(base_dir: str, pack_dir: str | None = None, pack_name: str = PACK_FOLDER) -> str:
     """A ComfyUI base directory (models/, custom_nodes/, input/, output/, user/) with this pack linked in."""
-    from ..comfy_host import PACK_DIR
+    from hrv.comfy_host import PACK_DIR
     for sub in ("custom_nodes", "models/checkpoints", "input", "output", "user", "temp"):
         os.makedirs(os.path.join(base_dir, sub), exist_ok=True)
     link = os.path.join(base_dir, "custom_nodes", pack_name)
@@ -262,7 +262,7 @@ def start_comfyui(base_dir: str, cpu: bool = True) -> None:
 
     cpu only counts before ComfyUI's model management is first imported in this process.
     """
-    from ..comfy_host import use_comfyui
+    from hrv.comfy_host import use_comfyui
     use_comfyui(cpu=cpu)
     use_base_dir(base_dir)
     _state["base_dir"] = os.path.abspath(base_dir)
