@@ -40,3 +40,28 @@ def hrv_path(name: str) -> str:
 def models_hrv_dir() -> str:
     import folder_paths
     return os.path.join(folder_paths.models_dir, "hrv")
+
+
+_concepts_cache: dict[str, tuple[float, int, list[str]]] = {}
+
+
+def concept_choices() -> list[str]:
+    """The default concepts, then every other concept of the HRV files ComfyUI can see (re-read on refresh)."""
+    from ..hrv.format.concepts import default_concept_names
+    from ..hrv.format.hrv_file import HRVFileError, read_concept_names
+    names = list(default_concept_names())
+    seen = {n.lower() for n in names}
+    for name in hrv_filenames():
+        try:
+            path = hrv_path(name)
+            stat = os.stat(path)
+            cached = _concepts_cache.get(path)
+            if cached is None or cached[:2] != (stat.st_mtime, stat.st_size):
+                cached = _concepts_cache[path] = (stat.st_mtime, stat.st_size, read_concept_names(path))
+        except (OSError, HRVFileError):
+            continue  # a broken file is reported when it is loaded, not in every dropdown
+        for concept in cached[2]:
+            if concept.lower() not in seen:
+                seen.add(concept.lower())
+                names.append(concept)
+    return names

@@ -1,18 +1,26 @@
-"""HRVConceptStrengthen, HRVConceptAdjust, HRVOrderedWeakening: steer one word of the prompt per head."""
+"""Steering text encoders: HRVTextEncode (inline marks) and HRVConceptStrengthen / HRVConceptAdjust /
+HRVOrderedWeakening (one target per node). Each encodes the prompt as CLIP Text Encode does, puts the steering
+request on that CONDITIONING, and returns the model with the HRV attention core installed."""
 from __future__ import annotations
 
 import logging
 
-from ..hrv.steering.attention_patch import default_inner, factors_by_block, make_attn2_replacements
-from ..hrv.format.concepts import default_concept_names
+from ..hrv.attention import attach_request, install_core
 from ..hrv.format.layout import LayoutError, layout_of_unet
-from ..hrv.steering.factors import adjust, ordered_weakening, strengthen
-from ..hrv.steering.tokens import find_target_positions
+from ..hrv.steering.encode import AdjustWeights, auto_weights, concept_row, marks_request, targets_request
+from ..hrv.steering.factors import SteeringError, adjust, ordered_weakening, strengthen
+from ..hrv.steering.marks import MarkError, parse_marks
+from ..hrv.steering.positions import WordPositionError
+from ..hrv.steering.processor import STEERING
+from ..hrv.steering.request import FEATURE
+from .hrv_folders import concept_choices
 
 log = logging.getLogger("hrv.nodes.steering")
 
 CATEGORY = "HRV/steering"
 ORDERS = ("MoRHF", "LeRHF")
+PRESETS = ("auto", "custom")
+USER_ERRORS = (MarkError, WordPositionError, SteeringError, ValueError)
 
 
 def _check_hrv(hrv):
@@ -23,9 +31,9 @@ def _check_hrv(hrv):
 
 def _check_architecture(hrv, model):
     try:
-        model_layout = layout_of_unet(model.model.diffusion_model)
+        model_layout = layout_of_unet(model.get_model_object("diffusion_model"))
     except (AttributeError, LayoutError):
-        raise ValueError("the steering nodes work on SD1.x and SDXL UNet checkpoints; this model has no "
+        raise ValueError("the HRV nodes work on SD1.x and SDXL UNet checkpoints; this model has no "
                          "UNet cross-attention to steer") from None
     if model_layout.compact() != hrv.layout.compact():
         raise ValueError(f"this HRV was made for {hrv.layout.arch} ({hrv.layout.num_heads} heads) but the model is "
@@ -33,156 +41,207 @@ def _check_architecture(hrv, model):
                          "checkpoint's architecture (sd1_official for SD1.x, sdxl_official for SDXL)")
 
 
-def steer(model, clip, hrv, prompt, target, s, start_percent, end_percent):
-    """A clone of `model` whose cross-attention scales the target words by the per-head factors s [H]."""
-    import comfy.ldm.modules.attention as attention
-    if not 0.0 <= start_percent < end_percent <= 1.0:
-        raise ValueError(f"start_percent ({start_percent}) must be below end_percent ({end_percent}), both in 0..1")
-    found = find_target_positions(clip, prompt, target)
-    sampling = model.get_model_object("model_sampling")
-    sigma_range = (float(sampling.percent_to_sigma(start_percent)), float(sampling.percent_to_sigma(end_percent)))
-    m = model.clone()
-    existing = m.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    replacements = make_attn2_replacements(factors_by_block(hrv.layout, s), found.positions, found.context_length,
-                                           default_inner(attention.optimized_attention), existing, sigma_range)
-    for (block, block_id, transformer_index), fn in replacements.items():
-        m.set_model_attn2_replace(fn, block, block_id, transformer_index)
-    log.info("steering %s at context positions %s (%d tokens): %d heads, factors %.3g..%.3g, sigma %.4g..%.4g",
-             ", ".join(found.words), list(found.positions), found.context_length, s.numel(),
-             float(s.min()), float(s.max()), sigma_range[1], sigma_range[0])
-    return m
+def encode_text(clip, text: str) -> list:
+    """What CLIP Text Encode returns for this text."""
+    if clip is None or not hasattr(clip, "encode_from_tokens_scheduled"):
+        raise ValueError("the clip input is missing or not a CLIP: connect the CLIP output of your checkpoint loader")
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def _common_inputs():
+def steered(node: str, model, clip, hrv, make_request):
+    """(model with the core, conditioning with the request) or a ValueError in the node's words."""
+    _check_hrv(hrv)
+    _check_architecture(hrv, model)
+    try:
+        text, request = make_request()
+    except USER_ERRORS as e:
+        raise ValueError(f"{node}: {e}") from None
+    conditioning = encode_text(clip, text)
+    if request is not None:
+        conditioning = attach_request(conditioning, FEATURE, request)
+        for term in request.terms:
+            log.info("%s: %s at context positions %s, factors %.3g..%.3g", node, term.label, list(term.positions),
+                     float(term.factors.min()), float(term.factors.max()))
+    return (install_core(model, [STEERING]), conditioning)
+
+
+def _text_inputs(text_tooltip: str):
     return {
-        "model": ("MODEL", {"tooltip": "The SD1.x or SDXL model to steer. It is copied, never changed: "
-                                       "other branches of your graph keep the original."}),
-        "clip": ("CLIP", {"tooltip": "The same CLIP that encodes your prompt; used only to find where the "
-                                     "target word sits in it."}),
+        "model": ("MODEL", {"tooltip": "The SD1.x or SDXL model. It is copied, never changed; connect the copy this "
+                                       "node returns to the sampler."}),
+        "clip": ("CLIP", {"tooltip": "The CLIP of the same checkpoint: it encodes the text, as CLIP Text Encode does."}),
         "hrv": ("HRV", {"tooltip": "Head relevance vectors for this model's architecture, from HRV Loader."}),
-        "prompt": ("STRING", {"multiline": True, "default": "", "tooltip":
-                              "Your positive prompt, exactly as typed into CLIP Text Encode (tip: turn both into "
-                              "inputs fed by one text node so they never drift apart)."}),
-        "target": ("STRING", {"default": "", "tooltip":
-                              "The word of the prompt to steer, e.g. rose-colored. Several words: separate them "
-                              "with commas. Every occurrence is steered; spelling must match the prompt."}),
+        "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "", "tooltip": text_tooltip}),
     }
+
+
+def _target_input(default: str = ""):
+    return {"target": ("STRING", {"default": default, "tooltip":
+                       "The word of the text to steer, e.g. rose-colored (whole words: 'rose' does not match inside "
+                       "'rose-colored'). Several words: separate them with commas. Every occurrence is steered."})}
 
 
 def _timing_inputs():
     return {
         "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                    "When steering starts, as a fraction of sampling (0 = first step). The first "
-                                    "steps set layout and shapes; later ones set details."}),
+                                    "When steering starts, as a fraction of the model's noise range (like ControlNet's "
+                                    "start_percent): 0 = from the first step. Early steps set layout, later ones details."}),
         "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "When steering stops (1 = last step). Stop early to keep the effect on the "
-                                  "composition only."}),
+                                  "When steering stops, as a fraction of the model's noise range (like ControlNet's "
+                                  "end_percent): 1 = to the last step. Stop early to steer the composition only."}),
     }
 
 
-class HRVConceptStrengthen:
-    DESCRIPTION = ("Makes the model read one word of your prompt more strongly as a chosen concept, by giving that "
-                   "word more weight in the attention heads that care about the concept (and less in the others). "
-                   "Put it between your checkpoint loader (after LoRAs) and the KSampler.")
+def _adjust_inputs(w_desired_default=1.0, offset_default=1.0):
+    return {
+        "w_desired": ("FLOAT", {"default": w_desired_default, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
+                                "How hard to pull towards the desired concept. Paper: 1; the authors' SDXL setting: 2."}),
+        "w_undesired": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
+                                  "How hard to push away from the undesired concept. Paper: 1."}),
+        "offset": ("FLOAT", {"default": offset_default, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip":
+                             "Base weight every head keeps for the word. Paper: 1 (SD1); the authors' SDXL setting: 0."}),
+        "clamp": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5, "tooltip":
+                            "Caps very relevant heads so SDXL does not overshoot; 0 = off (SD1). The authors' SDXL: 9."}),
+    }
+
+
+RETURNS = dict(RETURN_TYPES=("MODEL", "CONDITIONING"), RETURN_NAMES=("model", "conditioning"),
+               OUTPUT_TOOLTIPS=("The model with the HRV attention installed; connect it to the sampler (one HRV node "
+                                "upstream is enough for all HRV conditionings).",
+                                "The encoded text, as CLIP Text Encode gives it, carrying the steering; connect it "
+                                "to the sampler's positive (or negative) input."))
+
+
+class HRVTextEncode:
+    DESCRIPTION = ("CLIP Text Encode that also steers words by their meaning. Mark a word in the text: "
+                   "[rose-colored:Color] reads it more as a Color, [rose-colored:Color:1.5] harder, "
+                   "[rose-colored:Color-Plants] as a Color and not as Plants. The marks are removed before encoding. "
+                   "Use it in place of CLIP Text Encode and connect its model output to the sampler.")
     CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The steered copy of the model; connect it to the KSampler.",)
+    FUNCTION = "encode"
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURNS["RETURN_TYPES"], RETURNS["RETURN_NAMES"], RETURNS["OUTPUT_TOOLTIPS"]
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            **_common_inputs(),
-            "concept": (default_concept_names(), {"default": "Color", "tooltip":
+            **_text_inputs("The prompt, with marks such as [rose-colored:Color-Plants] on the words to steer. "
+                           "(word:1.2) weights and embedding:name work as in CLIP Text Encode; \\[ and \\] are "
+                           "literal brackets."),
+            "preset": (list(PRESETS), {"default": "auto", "tooltip":
+                       "How [word:Desired-Undesired] marks weigh the two concepts. auto: the paper's 1/1/1 without "
+                       "clamp on SD1.x, the authors' 2/1/0 with clamp 9 on SDXL. custom: the four values below."}),
+            **_adjust_inputs(),
+            **_timing_inputs(),
+        }}
+
+    def encode(self, model, clip, hrv, text, preset, w_desired, w_undesired, offset, clamp, start_percent, end_percent):
+        if preset not in PRESETS:
+            raise ValueError(f"HRV Text Encode: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+
+        def make_request():
+            weights = (auto_weights(hrv.layout.arch) if preset == "auto" else
+                       AdjustWeights(w_desired, w_undesired, offset, clamp if clamp > 0 else None))
+            marked = parse_marks(text, list(hrv.concepts))
+            return marked.text, marks_request(clip, hrv, marked.text, marked.marks, weights, start_percent, end_percent)
+        return steered("HRV Text Encode", model, clip, hrv, make_request)
+
+
+class HRVConceptStrengthen:
+    DESCRIPTION = ("Encodes the text and makes the model read one word more strongly as a chosen concept, by giving "
+                   "that word more weight in the attention heads that care about the concept (and less in the others). "
+                   "Use it in place of CLIP Text Encode; connect both outputs to the sampler.")
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURNS["RETURN_TYPES"], RETURNS["RETURN_NAMES"], RETURNS["OUTPUT_TOOLTIPS"]
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            **_text_inputs("The prompt, as you would type it into CLIP Text Encode."),
+            **_target_input(),
+            "concept": (concept_choices(), {"default": "Color", "tooltip":
                         "What the word should be about, e.g. Color for 'rose-colored' or Material for 'gold'."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 10.0, "step": 0.05, "tooltip":
                                    "1 = the paper's amount; 0 = no change; above 1 pushes harder and can distort."}),
             **_timing_inputs(),
         }}
 
-    def apply(self, model, clip, hrv, prompt, target, concept, strength, start_percent, end_percent):
-        _check_hrv(hrv)
-        _check_architecture(hrv, model)
-        # hrv.row raises a ValueError listing the concepts the file has.
-        s = strengthen(hrv.row(concept), strength)
-        return (steer(model, clip, hrv, prompt, target, s, start_percent, end_percent),)
+    def encode(self, model, clip, hrv, text, target, concept, strength, start_percent, end_percent):
+        def make_request():
+            s = strengthen(concept_row(hrv, concept), strength)
+            return text, targets_request(clip, hrv, text, target, s, f"{concept} x{strength:g}", start_percent, end_percent)
+        return steered("HRV Concept Strengthen", model, clip, hrv, make_request)
 
 
 class HRVConceptAdjust:
-    DESCRIPTION = ("Fixes a word the model reads the wrong way: pushes it toward the concept you meant and away from "
-                   "the one it drifts to (e.g. 'rose-colored' as a Color, not Plants). Put it between your "
-                   "checkpoint loader (after LoRAs) and the KSampler.")
+    DESCRIPTION = ("Encodes the text and fixes a word the model reads the wrong way: pushes it towards the concept you "
+                   "meant and away from the one it drifts to (e.g. 'rose-colored' as a Color, not Plants). Use it in "
+                   "place of CLIP Text Encode; connect both outputs to the sampler.")
     CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The steered copy of the model; connect it to the KSampler.",)
+    FUNCTION = "encode"
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURNS["RETURN_TYPES"], RETURNS["RETURN_NAMES"], RETURNS["OUTPUT_TOOLTIPS"]
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = default_concept_names()
+        names = concept_choices()
         return {"required": {
-            **_common_inputs(),
+            **_text_inputs("The prompt, as you would type it into CLIP Text Encode."),
+            **_target_input(),
             "desired_concept": (names, {"default": "Color", "tooltip": "What the word should mean."}),
             "undesired_concept": (names, {"default": "Plants", "tooltip":
                                           "What the model wrongly shows instead (e.g. roses for 'rose-colored')."}),
-            "w_desired": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                                    "How hard to pull toward the desired concept. Paper: 1. For SDXL the authors use 2."}),
-            "w_undesired": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05, "tooltip":
-                                      "How hard to push away from the undesired concept. Paper: 1."}),
-            "offset": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip":
-                                 "Base weight every head keeps for the word. Paper: 1 (SD1); the authors' SDXL setting: 0."}),
-            "clamp": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.5, "tooltip":
-                                "Caps very relevant heads so SDXL does not overshoot; 0 = off (SD1). For SDXL try 9."}),
+            **_adjust_inputs(),
             **_timing_inputs(),
         }}
 
-    def apply(self, model, clip, hrv, prompt, target, desired_concept, undesired_concept, w_desired, w_undesired,
-              offset, clamp, start_percent, end_percent):
-        _check_hrv(hrv)
-        _check_architecture(hrv, model)
-        s = adjust(hrv.row(desired_concept), hrv.row(undesired_concept), w_desired, w_undesired, offset,
-                   clamp if clamp > 0 else None)
-        return (steer(model, clip, hrv, prompt, target, s, start_percent, end_percent),)
+    def encode(self, model, clip, hrv, text, target, desired_concept, undesired_concept, w_desired, w_undesired,
+               offset, clamp, start_percent, end_percent):
+        def make_request():
+            s = adjust(concept_row(hrv, desired_concept), concept_row(hrv, undesired_concept), w_desired, w_undesired,
+                       offset, clamp if clamp > 0 else None)
+            return text, targets_request(clip, hrv, text, target, s, f"{desired_concept}-{undesired_concept}",
+                                         start_percent, end_percent)
+        return steered("HRV Concept Adjust", model, clip, hrv, make_request)
 
 
 class HRVOrderedWeakening:
-    DESCRIPTION = ("Weakens how a word is drawn in the k attention heads most (MoRHF) or least (LeRHF) tied to a "
-                   "concept: a way to see which heads carry a concept, or to tone one down. Put it between your "
-                   "checkpoint loader (after LoRAs) and the KSampler.")
+    DESCRIPTION = ("Encodes the text and weakens its words in the k attention heads most (MoRHF) or least (LeRHF) tied "
+                   "to a concept: the paper's test of which heads carry a concept, or a way to tone one down. Use it in "
+                   "place of CLIP Text Encode; connect both outputs to the sampler.")
     CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The steered copy of the model; connect it to the KSampler.",)
+    FUNCTION = "encode"
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = RETURNS["RETURN_TYPES"], RETURNS["RETURN_NAMES"], RETURNS["OUTPUT_TOOLTIPS"]
 
     @classmethod
     def INPUT_TYPES(cls):
+        target = _target_input("*")
+        target["target"][1]["tooltip"] += " * (the default) = every word of the text, as in the paper's analysis."
         return {"required": {
-            **_common_inputs(),
-            "concept": (default_concept_names(), {"default": "Color", "tooltip": "Whose heads to weaken."}),
+            **_text_inputs("The prompt, as you would type it into CLIP Text Encode."),
+            **target,
+            "concept": (concept_choices(), {"default": "Color", "tooltip": "Whose heads to weaken."}),
             "order": (list(ORDERS), {"default": "MoRHF", "tooltip":
                       "MoRHF: the heads most tied to the concept first (the concept fades fast). "
                       "LeRHF: the least tied first (little should change)."}),
             "k": ("INT", {"default": 10, "min": 0, "max": 1300, "tooltip":
                           "How many heads to weaken; at most 128 for SD1.x, 1300 for SDXL."}),
             "factor": ("FLOAT", {"default": -2.0, "min": -10.0, "max": 10.0, "step": 0.1, "tooltip":
-                                 "What the chosen heads multiply the word by. Paper: -2 (pushes it away); "
-                                 "0 silences it; 1 changes nothing."}),
+                                 "What the chosen heads multiply the words by. Paper: -2 (pushes them away); "
+                                 "0 silences them; 1 changes nothing."}),
             **_timing_inputs(),
         }}
 
-    def apply(self, model, clip, hrv, prompt, target, concept, order, k, factor, start_percent, end_percent):
-        _check_hrv(hrv)
-        _check_architecture(hrv, model)
+    def encode(self, model, clip, hrv, text, target, concept, order, k, factor, start_percent, end_percent):
         if order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-        s = ordered_weakening(hrv.row(concept), int(k), most_relevant_first=order == "MoRHF", factor=factor)
-        return (steer(model, clip, hrv, prompt, target, s, start_percent, end_percent),)
+            raise ValueError(f"HRV Ordered Weakening: order must be one of {', '.join(ORDERS)}, got {order!r}")
+
+        def make_request():
+            s = ordered_weakening(concept_row(hrv, concept), int(k), most_relevant_first=order == "MoRHF", factor=factor)
+            return text, targets_request(clip, hrv, text, target, s, f"{order} k={k} {concept}", start_percent, end_percent)
+        return steered("HRV Ordered Weakening", model, clip, hrv, make_request)
 
 
-NODE_CLASS_MAPPINGS = {"HRVConceptStrengthen": HRVConceptStrengthen, "HRVConceptAdjust": HRVConceptAdjust,
-                       "HRVOrderedWeakening": HRVOrderedWeakening}
-NODE_DISPLAY_NAME_MAPPINGS = {"HRVConceptStrengthen": "HRV Concept Strengthen", "HRVConceptAdjust": "HRV Concept Adjust",
-                              "HRVOrderedWeakening": "HRV Ordered Weakening"}
+NODE_CLASS_MAPPINGS = {"HRVTextEncode": HRVTextEncode, "HRVConceptStrengthen": HRVConceptStrengthen,
+                       "HRVConceptAdjust": HRVConceptAdjust, "HRVOrderedWeakening": HRVOrderedWeakening}
+NODE_DISPLAY_NAME_MAPPINGS = {"HRVTextEncode": "HRV Text Encode", "HRVConceptStrengthen": "HRV Concept Strengthen",
+                              "HRVConceptAdjust": "HRV Concept Adjust", "HRVOrderedWeakening": "HRV Ordered Weakening"}

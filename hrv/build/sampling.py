@@ -10,7 +10,9 @@ from typing import Callable
 
 import torch
 
+from ..attention import attach_request
 from .run import BuildSettings
+from .votes import VOTE_FEATURE
 
 log = logging.getLogger("hrv.build")
 
@@ -44,6 +46,10 @@ class ComfyPromptSampler:
                  "target_width": s.width, "target_height": s.height}
         return [[cond, extra]]
 
+    def _voting(self, text: str) -> list:
+        """The positive conditioning, carrying the request that makes its chunks vote."""
+        return attach_request(self._conditioning(text), VOTE_FEATURE, True)
+
     @torch.inference_mode()
     def __call__(self, model, prompt: str, seed: int, step_done: Callable[[int], None]) -> torch.Tensor:
         """The denoised latent [1, 4, h/8, w/8]; step_done(i) after every step i."""
@@ -54,7 +60,7 @@ class ComfyPromptSampler:
         latent = torch.zeros([1, self.latent_channels, s.height // 8, s.width // 8])
         latent = comfy.sample.fix_empty_latent_channels(model, latent)
         noise = comfy.sample.prepare_noise(latent, seed)
-        return comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, self._conditioning(prompt),
+        return comfy.sample.sample(model, noise, s.steps, s.cfg, s.sampler, s.scheduler, self._voting(prompt),
                                    self._negative, latent, seed=seed, disable_pbar=True,
                                    callback=lambda step, x0, x, total: step_done(step))
 

@@ -10,10 +10,8 @@ Pure torch: the ComfyUI attention function is passed in by the caller.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -111,23 +109,6 @@ def head_vote_concepts(q: torch.Tensor, keys: torch.Tensor, heads: int, word_con
     return word_concept[mean_word_attention(q, keys, heads, max_elements).argmax(-1)]
 
 
-def conditional_rows(q: torch.Tensor, cond_or_uncond) -> torch.Tensor | None:
-    """The rows of a CFG batch that belong to the conditional pass (0 = cond in ComfyUI).
-
-    ComfyUI stacks the passes as len(cond_or_uncond) equal chunks. Without that list the
-    call did not come from a sampler's CFG batch and every row counts as conditional.
-    """
-    if not cond_or_uncond:
-        return q
-    per = q.shape[0] // len(cond_or_uncond)
-    if per * len(cond_or_uncond) != q.shape[0]:
-        raise ValueError(f"batch of {q.shape[0]} does not split into the {len(cond_or_uncond)} CFG passes")
-    rows = [q[i * per:(i + 1) * per] for i, kind in enumerate(cond_or_uncond) if kind == 0]
-    if not rows:
-        return None
-    return rows[0] if len(rows) == 1 else torch.cat(rows)
-
-
 class VoteRecorder:
     """Per-run state of a build: concept keys per block, current step, vote counts of one prompt.
 
@@ -201,10 +182,8 @@ class VoteRecorder:
             self._step_for = (sigmas, step)
         return self._step_for[1]
 
-    def record(self, key, q: torch.Tensor, extra_options: dict) -> None:
-        cond = conditional_rows(q, extra_options.get("cond_or_uncond"))
-        if cond is None:
-            return
+    def record(self, key, cond: torch.Tensor, extra_options: dict) -> None:
+        """Count the votes of the projected queries cond [B, N, heads*d] of the conditionings that vote."""
         heads = int(extra_options["n_heads"])
         device = q.device
         concepts = head_vote_concepts(cond, self.concept_keys(key, q), heads,
@@ -228,52 +207,31 @@ def _cached(cache: dict, cache_key, device, make) -> torch.Tensor:
     return t
 
 
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+VOTE_FEATURE = "vote"
 
 
-def _accepts_transformer_options(fn) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "transformer_options" or p.kind is p.VAR_KEYWORD for p in params)
+class VoteProcessor:
+    """The build as a processor of the attention core: the chunks of conditionings carrying a vote request vote."""
+    feature = VOTE_FEATURE
+
+    def __init__(self, recorder: VoteRecorder):
+        self.recorder = recorder
+
+    def process(self, call, q, k, v, chunks):
+        rows = [q[c.rows] for c in chunks]
+        self.recorder.record(call.key, rows[0] if len(rows) == 1 else torch.cat(rows), call.extra_options)
+        return q, k, v
 
 
-def fused_attention(optimized_attention) -> AttentionFn:
-    """The attention that attn2 runs when no replacement is installed, as a replacement.
-
-    transformer_options is passed where the attention function takes it (ComfyUI >= 0.3.6x
-    routes attention overrides through it); older versions get the old signature.
-    """
-    if _accepts_transformer_options(optimized_attention):
-        def attention(q, k, v, extra_options):
-            return optimized_attention(q, k, v, extra_options["n_heads"],
-                                       attn_precision=extra_options.get("attn_precision"),
-                                       transformer_options=extra_options)
-    else:
-        def attention(q, k, v, extra_options):
-            return optimized_attention(q, k, v, extra_options["n_heads"],
-                                       attn_precision=extra_options.get("attn_precision"))
-    return attention
-
-
-def make_vote_patch(recorder: VoteRecorder, key, inner: AttentionFn) -> AttentionFn:
-    """attn2 replacement: count this block's votes, then attend exactly as before."""
-    def vote_attn2(q, k, v, extra_options):
-        recorder.record(key, q, extra_options)
-        return inner(q, k, v, extra_options)
-    return vote_attn2
-
-
-def install_vote_patches(model, words: ConceptWords, steps: int, optimized_attention,
+def install_vote_patches(model, words: ConceptWords, steps: int, optimized_attention=None,
                          max_elements: int | None = None):
-    """Clone a ComfyUI ModelPatcher and put a vote patch on every attn2; returns (clone, recorder).
+    """A clone of a ComfyUI ModelPatcher with the attention core counting votes; returns (clone, recorder).
 
-    An attn2 replacement already on the model (per transformer or per block) becomes the
-    inner attention of the vote patch, so other attention nodes keep working.
+    Only the conditionings that carry a vote request (attach_request(cond, VOTE_FEATURE, True)) vote; an attn2
+    replacement already on the model runs inside the core, so other attention nodes keep working.
     """
-    patched = model.clone()
-    diffusion_model = patched.get_model_object("diffusion_model")
+    from ..attention import install_core
+    diffusion_model = model.get_model_object("diffusion_model")
     layout = layout_of_unet(diffusion_model)
     modules = cross_attention_modules(diffusion_model)
     for key, attn2 in modules.items():
@@ -282,10 +240,4 @@ def install_vote_patches(model, words: ConceptWords, steps: int, optimized_atten
             raise ConceptWordsError(f"the concept word embeddings have {words.dim} dims but cross-attention "
                                     f"{'.'.join(map(str, key))} expects {expected}: use the CLIP of the same checkpoint")
     recorder = VoteRecorder(layout, words, steps, modules, max_elements)
-    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    default = fused_attention(optimized_attention)
-    for block in layout.blocks:
-        inner = existing.get(block.key) or existing.get(block.key[:2]) or default
-        patched.set_model_attn2_replace(make_vote_patch(recorder, block.key, inner),
-                                        block.block, block.block_id, block.transformer_index)
-    return patched, recorder
+    return install_core(model, [VoteProcessor(recorder)], optimized_attention), recorder

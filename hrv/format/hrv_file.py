@@ -208,3 +208,17 @@ def load(path: str) -> HRV:
     return HRV(matrix=tensors["hrv"], layout=layout, concepts=concepts,
                provenance=provenance if isinstance(provenance, dict) else {},
                votes=tensors.get("votes"), per_timestep=tensors.get("hrv_per_timestep"))
+
+
+def read_concept_names(path: str) -> list[str]:
+    """The concept names in a file's metadata, read from its header only (no tensors, no checksum)."""
+    meta = _read_header(path).get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise HRVFileError(f"{os.path.basename(path)} is not an HRV file")
+    try:
+        concepts = json.loads(meta.get("concepts", "null"))
+    except (TypeError, json.JSONDecodeError):
+        concepts = None
+    if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+        raise HRVFileError(f"{os.path.basename(path)} has no readable concept list")
+    return concepts

@@ -1,0 +1,96 @@
+"""Installing the attention core on a ModelPatcher clone, and the per-run wrapper that feeds it."""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from ..format.layout import cross_attention_modules
+from .adapter import fused_attention, installed_replacement
+from .run import ACTIVE_KEY, RunState
+
+log = logging.getLogger("hrv.attention")
+
+CORE_KEY = "hrv_core"     # transformer_options key: the CoreHolder between runs, the RunState during one
+WRAPPER_KEY = "hrv"
+
+
+class CoreHolder:
+    """The processors installed on a model, kept in its transformer_options; clones share the processors."""
+
+    def __init__(self, processors=None, keys=()):
+        self.processors = dict(processors or {})
+        self.keys = list(keys)
+
+    def clone(self) -> "CoreHolder":
+        return CoreHolder(self.processors, self.keys)
+
+
+def is_core_fn(fn) -> bool:
+    return getattr(fn, "hrv_core", False) is True
+
+
+def make_core_fn(key: tuple, inner, inner_source: str):
+    """The attn2 replacement of one transformer: the run's processors, then `inner` (what was there before)."""
+    def hrv_core_attn2(q, k, v, extra_options):
+        run = extra_options.get(CORE_KEY)
+        if type(run) is not RunState or ACTIVE_KEY in extra_options:
+            return inner(q, k, v, extra_options)
+        return run.attend(key, q, k, v, extra_options, inner, inner_source)
+    hrv_core_attn2.hrv_core = True
+    hrv_core_attn2.hrv_inner = inner
+    hrv_core_attn2.hrv_inner_source = inner_source
+    return hrv_core_attn2
+
+
+def install_core(model, processors: Iterable = (), optimized_attention=None):
+    """A clone of the ModelPatcher `model` with the core on every cross-attention transformer and `processors` added.
+
+    Idempotent: a model that has the core keeps its replacements and gains the processors. A replacement that
+    another node installed before becomes the core's inner attention, so both keep working.
+    """
+    import comfy.patcher_extension
+    if optimized_attention is None:
+        from comfy.ldm.modules.attention import optimized_attention
+    m = model.clone()
+    options = m.model_options.setdefault("transformer_options", {})
+    holder = options.get(CORE_KEY)
+    holder = holder.clone() if isinstance(holder, CoreHolder) else CoreHolder()
+    for processor in processors:
+        holder.processors[processor.feature] = processor
+    keys = list(cross_attention_modules(m.get_model_object("diffusion_model")))
+    if not keys:
+        raise ValueError("this model has no UNet cross-attention (HRV works on SD1.x and SDXL checkpoints)")
+    holder.keys = keys
+    options[CORE_KEY] = holder
+    existing = options.get("patches_replace", {}).get("attn2", {})
+    default = fused_attention(optimized_attention)
+    for key in keys:
+        fn, source = installed_replacement(existing, key)
+        if source == "transformer" and is_core_fn(fn):
+            continue
+        m.set_model_attn2_replace(make_core_fn(key, fn or default, source), *key)
+    outer = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
+    if not m.get_wrappers(outer, WRAPPER_KEY):
+        m.add_wrapper_with_key(outer, WRAPPER_KEY, outer_sample_wrapper)
+    return m
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    """Once per sampling run: a fresh RunState from the guider's conds, dropped in `finally`."""
+    import comfy.model_patcher
+    guider = executor.class_obj
+    original = guider.model_options
+    holder = original.get("transformer_options", {}).get(CORE_KEY)
+    if not isinstance(holder, CoreHolder):
+        return executor(*args, **kwargs)
+    options = comfy.model_patcher.create_model_options_clone(original)
+    attn2 = options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    run = RunState(holder.processors, getattr(guider, "conds", None),
+                   guider.model_patcher.get_model_object("model_sampling"), attn2, holder.keys)
+    options["transformer_options"][CORE_KEY] = run
+    guider.model_options = options
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = original
+        run.finish()

@@ -1,0 +1,117 @@
+"""Per-run state of the attention core: the conditionings of one sampling run and the processors' caches.
+
+Made by the OUTER_SAMPLE wrapper from the guider's conds before sampling starts and dropped after it, so
+nothing of one run (uuids, cached index tensors) leaks into the next.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from .adapter import installed_replacement
+from .chunks import Chunk, CondEntry, split_chunks
+from .processor import AttnCall
+from .requests import requests_of
+
+log = logging.getLogger("hrv.attention")
+
+ACTIVE_KEY = "hrv_core_active"  # set in extra_options while the core's inner attention runs: nested cores pass through
+MAX_CACHED_LAYOUTS = 64
+
+
+def core_entries(conds: Mapping[str, list] | None) -> dict[Any, CondEntry]:
+    """{uuid: CondEntry} of every conditioning of the guider that carries requests."""
+    entries = {}
+    for group in (conds or {}).values():
+        for cond in group or []:
+            requests = requests_of(cond)
+            if requests and "uuid" in cond:
+                cross_attn = cond.get("cross_attn")
+                length = int(cross_attn.shape[1]) if cross_attn is not None and cross_attn.dim() >= 2 else 0
+                entries[cond["uuid"]] = CondEntry(requests, length)
+    return entries
+
+
+class RunState:
+    def __init__(self, processors: Mapping[str, Any], conds: Mapping[str, list] | None, model_sampling=None,
+                 attn2_replacements: Mapping | None = None, keys=()):
+        self.processors = dict(processors)
+        self.entries = core_entries(conds)
+        self.model_sampling = model_sampling
+        self.cache: dict = {}              # processors' per-run caches
+        self.ran: set = set()              # transformers where the core ran
+        self._chunks: dict = {}
+        self.shadowed, self.inner_override = self._inspect_replacements(attn2_replacements or {}, keys)
+        missing = sorted({f for e in self.entries.values() for f in e.requests} - set(self.processors))
+        if missing:
+            log.warning("a conditioning asks for %s, but the model connected to the sampler does not do it: connect "
+                        "the MODEL output of the HRV node that made the conditioning", ", ".join(missing))
+
+    @staticmethod
+    def _inspect_replacements(attn2: Mapping, keys) -> tuple[list, dict]:
+        """Transformers whose core another node replaced, and per-block patches installed after the core."""
+        from .core import is_core_fn
+        shadowed, override = [], {}
+        for key in keys:
+            fn, source = installed_replacement(attn2, key)
+            if not is_core_fn(fn):
+                shadowed.append(key)
+                continue
+            block_fn = attn2.get(tuple(key[:2]))
+            # ComfyUI would run a per-block patch added after the core, had the core not been per-transformer.
+            if (block_fn is not None and not is_core_fn(block_fn) and fn.hrv_inner_source != "transformer"
+                    and block_fn is not fn.hrv_inner):
+                override[key] = block_fn
+        return shadowed, override
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if self.model_sampling is None:
+            return float("inf") if percent <= 0 else 0.0
+        return float(self.model_sampling.percent_to_sigma(percent))
+
+    def chunks_for(self, uuids, batch: int) -> list[tuple[str, list[Chunk]]]:
+        """[(feature, its chunks)] of a call, in the order the processors were installed."""
+        key = (tuple(uuids), batch)
+        found = self._chunks.get(key)
+        if found is None:
+            by_feature: dict[str, list[Chunk]] = {}
+            for index, (rows, uuid, entry) in enumerate(split_chunks(uuids, batch, self.entries)):
+                for feature, request in entry.requests.items():
+                    if feature in self.processors:
+                        by_feature.setdefault(feature, []).append(Chunk(index, rows, request, entry.context_length, uuid))
+            found = [(f, by_feature[f]) for f in self.processors if f in by_feature]
+            if len(self._chunks) >= MAX_CACHED_LAYOUTS:
+                self._chunks.clear()
+            self._chunks[key] = found
+        return found
+
+    def attend(self, key, q, k, v, extra_options: dict, inner, inner_source: str):
+        self.ran.add(key)
+        if inner_source != "transformer":
+            inner = self.inner_override.get(key, inner)
+        uuids = extra_options.get("uuids")
+        if uuids and self.entries:
+            work = self.chunks_for(uuids, q.shape[0])
+            if work:
+                call = AttnCall(key, extra_options, self)
+                for feature, chunks in work:
+                    q, k, v = self.processors[feature].process(call, q, k, v, chunks)
+        extra_options[ACTIVE_KEY] = True
+        try:
+            return inner(q, k, v, extra_options)
+        finally:
+            extra_options.pop(ACTIVE_KEY, None)
+
+    def finish(self) -> None:
+        skipped = [k for k in self.shadowed if k not in self.ran]
+        if skipped and self.entries:
+            names = ", ".join(".".join(map(str, k)) for k in skipped[:4]) + (" ..." if len(skipped) > 4 else "")
+            log.warning("HRV: another node replaced the HRV attention in %d cross-attention layer(s) (%s), so HRV "
+                        "steering, editing and maps were skipped there. Put the HRV node after that node, closer to "
+                        "the sampler, so that the HRV attention wraps it.", len(skipped), names)
+        for processor in self.processors.values():
+            end = getattr(processor, "end_run", None)
+            if end is not None:
+                end(self)
+        self.cache.clear()
+        self._chunks.clear()
