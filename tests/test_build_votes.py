@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hrv.format.layout import known_layout
-from hrv.build.votes import (ConceptWords, ConceptWordsError, VoteRecorder, conditional_rows, head_vote_concepts,
-                       install_vote_patches, make_vote_patch, mean_word_attention)
+from hrv.build.votes import (VOTE_FEATURE, ConceptWords, ConceptWordsError, VoteRecorder, head_vote_concepts,
+                             install_vote_patches, mean_word_attention)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,17 +48,6 @@ def test_vote_is_argmax_of_the_mean_not_the_mean_of_argmaxes():
     assert head_vote_concepts(q, keys, 1, torch.tensor([7, 9])).item() == 9
 
 
-def test_conditional_rows():
-    q = torch.arange(6.0).view(6, 1, 1)
-    assert conditional_rows(q, [1, 0]).flatten().tolist() == [3, 4, 5]
-    assert conditional_rows(q, [0, 1]).flatten().tolist() == [0, 1, 2]
-    assert conditional_rows(q, None).flatten().tolist() == [0, 1, 2, 3, 4, 5]
-    assert conditional_rows(q, [1, 1]) is None
-    assert conditional_rows(q, [0, 1, 0]).flatten().tolist() == [0, 1, 4, 5]
-    with pytest.raises(ValueError, match="CFG passes"):
-        conditional_rows(q, [0, 1, 1, 0])
-
-
 class _Linear(torch.nn.Module):
     def __init__(self, weight):
         super().__init__()
@@ -80,7 +69,7 @@ def _words(n_concepts=3, per=2, dim=16):
     return ConceptWords.from_embeddings(concepts, torch.eye(n_concepts * per, dim))
 
 
-def test_recorder_counts_only_the_conditional_rows_at_the_current_step():
+def test_recorder_counts_the_rows_it_is_given_at_the_current_step():
     layout = known_layout("sd1")
     block = layout.blocks[0]                                 # 8 heads
     words = _words(dim=16)                                   # embeddings e_0..e_5; keys = to_k(e_w) = e_w (d = 2)
@@ -94,11 +83,11 @@ def test_recorder_counts_only_the_conditional_rows_at_the_current_step():
     uncond[0, :, :] = -10.0
     recorder.start_prompt()
     recorder.end_step(0)                                     # votes now go to step 1
-    recorder.record(block.key, torch.cat([uncond, cond]), {"n_heads": 8, "cond_or_uncond": [1, 0]})
+    recorder.record(block.key, cond, {"n_heads": 8})
     counts = recorder.take_prompt_counts()
     assert counts.dtype == torch.int64 and counts.shape == (3, 3, 128)
     assert counts[0].sum() == 0 and counts[2].sum() == 0
-    assert counts[1].sum() == 8                              # one vote per head, uncond ignored
+    assert counts[1].sum() == 8                              # one vote per head
     expected = head_vote_concepts(cond, recorder.concept_keys(block.key, cond), 8, words.word_concept)[0]
     for h in range(8):
         assert counts[1, expected[h], block.first_column + h] == 1
@@ -141,23 +130,12 @@ def test_concept_words_validation():
         ConceptWords.from_embeddings({"a": ["x"], "b": ["y"]}, torch.zeros(3, 4))
 
 
-def test_vote_patch_records_then_calls_the_inner_attention():
-    calls = []
+def test_only_conditionings_with_a_vote_request_vote_and_existing_replacements_run_inside():
+    import uuid
 
-    class Recorder:
-        def record(self, key, q, extra):
-            calls.append(("record", key))
-
-    def inner(q, k, v, extra):
-        calls.append(("inner",))
-        return q + 1
-
-    out = make_vote_patch(Recorder(), ("input", 1, 0), inner)(torch.zeros(1), None, None, {})
-    assert out.item() == 1 and calls == [("record", ("input", 1, 0)), ("inner",)]
-
-
-def test_install_chains_existing_replacements_and_leaves_the_model_alone():
     from harness.tiny_pipeline import tiny_sd1_model
+    from hrv.attention import COND_KEY, CORE_KEY
+    from hrv.attention.run import RunState
     model = tiny_sd1_model()
     seen = []
 
@@ -173,10 +151,21 @@ def test_install_chains_existing_replacements_and_leaves_the_model_alone():
     assert after == before                                                 # the input model is untouched
     replaced = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert set(replaced) == {b.key for b in recorder.layout.blocks} | {("input", 1)}
-    # The vote patch of a chained block calls the other replacement as its inner attention.
-    q = torch.randn(1, 4, recorder.attn_modules[("output", 3, 0)].to_k.weight.shape[0])
-    out = replaced[("output", 3, 0)](q, None, None, {"n_heads": 8, "block": ("output", 3), "cond_or_uncond": [0]})
-    assert out is q and seen == [("output", 3)]
+    voting, plain = uuid.uuid4(), uuid.uuid4()
+    holder = patched.model_options["transformer_options"][CORE_KEY]
+    run = RunState(holder.processors, {"positive": [{"uuid": voting, COND_KEY: {VOTE_FEATURE: True}}],
+                                       "negative": [{"uuid": plain}]}, None, replaced, holder.keys)
+    inner = recorder.attn_modules[("output", 3, 0)].to_k.weight.shape[0]
+    q = torch.randn(2, 4, inner)
+    out = replaced[("output", 3, 0)](q, None, None, {"n_heads": 8, "block": ("output", 3), "uuids": [plain, voting],
+                                                     CORE_KEY: run})
+    assert out is q and seen == [("output", 3)]                            # the other replacement ran inside
+    assert recorder.counts.sum() == 8                                      # one vote per head, only the voting row
+    expected = head_vote_concepts(q[1:], recorder.concept_keys(("output", 3, 0), q), 8, recorder.words.word_concept)[0]
+    columns = recorder.layout.block(("output", 3, 0)).columns
+    assert torch.equal(recorder.counts[0, :, columns].argmax(0), expected)
+    replaced[("output", 3, 0)](q, None, None, {"n_heads": 8, "block": ("output", 3), "uuids": [plain, plain],
+                                               CORE_KEY: run})
     assert recorder.counts.sum() == 8
 
 

@@ -1,17 +1,19 @@
-"""The steering nodes on a real ComfyUI ModelPatcher around a tiny random SD1 UNet."""
+"""The steering text encoders on the real ComfyUI: what they encode, what they put on the conditioning,
+what the sampler then does with it (tiny random SD1 model and CLIP), and their errors."""
 import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from harness.comfy_models import model_patcher
+from harness.tiny_pipeline import tiny_sd1_pipeline, tiny_sdxl_clip
 from hrv.comfy_host import import_pack
 from hrv.format.layout import known_layout
-from harness.comfy_models import model_patcher, tokenizer_clip
 
-PROMPT = "a photo of a (rose-colored:1.1) car parked by the sea"
-TARGET = "rose-colored"
-POSITIONS = (5, 6, 7)  # start, a, photo, of, a, rose, -, colored
+TEXT = "a photo of a [rose-colored:Color-Plants] car parked by the [sea:Nature Scenes:0.5]"
+CLEAN = "a photo of a rose-colored car parked by the sea"
+ROSE, SEA = (5, 6, 7), (12,)   # start, a, photo, of, a, rose, -, colored, car, parked, by, the, sea
 
 
 @pytest.fixture(scope="module")
@@ -35,217 +37,183 @@ def sdxl_hrv(pack, official_dir):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return model_patcher("sd1", "tiny")
+def pipeline():
+    return tiny_sd1_pipeline(0)
 
 
-@pytest.fixture(scope="module")
-def clip():
-    return tokenizer_clip("sd1")
+def clip_text_encode(clip, text):
+    import nodes as comfy_nodes
+    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
 
 
-def inputs(seed=0, same_context=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    context = torch.randn(2, 77, 768, generator=g) * 2
-    if same_context:
-        context[1] = context[0]
-    return x, context
+def text_encode(nodes, model, clip, hrv, text, preset="auto", weights=(1.0, 1.0, 1.0, 0.0), start=0.0, end=1.0):
+    return nodes.HRVTextEncode().encode(model, clip, hrv, text, preset, *weights, start, end)
 
 
-def run(m, sigma=5.0, chunks=(0, 1), seed=0, same_context=False):
-    """One UNet call the way calc_cond_batch makes it: the patcher's transformer_options plus batch facts."""
-    x, context = inputs(seed, same_context)
-    transformer_options = {**m.model_options["transformer_options"], "cond_or_uncond": list(chunks),
-                           "sigmas": torch.tensor([sigma])}
-    with torch.no_grad():
-        return m.model.apply_model(x, torch.full((2,), sigma), c_crossattn=context,
-                                   transformer_options=transformer_options)
+def the_request(conditioning):
+    from hrv.attention import requests_of
+    (request,) = [requests_of(entry[1])["steer"] for entry in conditioning]
+    return request
 
 
-def strengthen(nodes, m, clip, hrv, concept="Color", strength=1.0, start=0.0, end=1.0, target=TARGET):
-    return nodes.HRVConceptStrengthen().apply(m, clip, hrv, PROMPT, target, concept, strength, start, end)[0]
+def test_registered_with_tooltips_everywhere(pack):
+    for node_id in ("HRVTextEncode", "HRVConceptStrengthen", "HRVConceptAdjust", "HRVOrderedWeakening"):
+        cls = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert cls.CATEGORY == "HRV/steering" and cls.DESCRIPTION
+        assert cls.RETURN_TYPES == ("MODEL", "CONDITIONING") and len(cls.OUTPUT_TOOLTIPS) == 2
+        assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("HRV ")
+        spec = cls.INPUT_TYPES()["required"]
+        assert list(spec)[:4] == ["model", "clip", "hrv", "text"] and "prompt" not in spec
+        assert spec["text"][1]["multiline"] and spec["text"][1]["dynamicPrompts"]
+        assert all(opts.get("tooltip") for _, opts in spec.values())
+        for name in (n for n in spec if "concept" in n):
+            assert len(spec[name][0]) >= 34 and "Geo-locations" in spec[name][0]
 
 
-def adjust(nodes, m, clip, hrv, start=0.0, end=1.0):
-    return nodes.HRVConceptAdjust().apply(m, clip, hrv, PROMPT, TARGET, "Color", "Vehicles", 1.0, 1.0, 1.0, 0.0,
-                                          start, end)[0]
+@pytest.mark.parametrize("text, clean", [
+    (TEXT, CLEAN),
+    ("a ([red:Color] car:1.3), \\[sketch\\], (shiny:0.8)", "a (red car:1.3), [sketch], (shiny:0.8)"),
+    ("a [glass:Material] vase, " + "tiny stars, " * 40 + "a [golden:Color:2] crown",
+     "a glass vase, " + "tiny stars, " * 40 + "a golden crown"),
+])
+def test_conditioning_is_clip_text_encode_of_the_clean_text_bit_for_bit(nodes, pipeline, sd1_hrv, text, clean):
+    model, clip = pipeline
+    _, conditioning = text_encode(nodes, model, clip, sd1_hrv, text)
+    plain = clip_text_encode(clip, clean)
+    assert len(conditioning) == len(plain) == 1
+    assert torch.equal(conditioning[0][0], plain[0][0])
+    assert torch.equal(conditioning[0][1]["pooled_output"], plain[0][1]["pooled_output"])
+    assert the_request(conditioning).context_length == plain[0][0].shape[1]
 
 
-def weights_fingerprint(m):
-    return [p.detach().clone() for p in m.model.parameters()][::7]
+def test_marks_become_per_head_factors_at_their_word_positions(nodes, pipeline, sd1_hrv):
+    model, clip = pipeline
+    _, conditioning = text_encode(nodes, model, clip, sd1_hrv, TEXT)
+    request = the_request(conditioning)
+    m = sd1_hrv.matrix
+    color, plants, scenes = (m[sd1_hrv.concepts.index(c)] for c in ("Color", "Plants", "Nature Scenes"))
+    (rose, sea) = request.terms
+    assert rose.positions == ROSE and sea.positions == SEA
+    assert torch.allclose(rose.factors, color - plants + 1.0)                # paper: d - u + 1 on SD1
+    assert torch.allclose(sea.factors, 1.0 + 0.5 * (scenes - 1.0))          # strength 0.5 of HRV[c][h]
+    _, custom = text_encode(nodes, model, clip, sd1_hrv, TEXT, "custom", (2.0, 1.0, 0.0, 9.0))
+    assert torch.allclose(the_request(custom).terms[0].factors, 2 * color.clamp(max=9) - plants.clamp(max=9))
 
 
-def recorders(base):
-    """A clone of base whose 16 attn2 blocks record the value tensor they are given, then attend normally."""
+def test_sdxl_auto_preset_is_the_authors_setting(nodes, sdxl_hrv):
+    model = model_patcher("sdxl", "tiny", device="meta")
+    clip = tiny_sdxl_clip()
+    steered_model, conditioning = text_encode(nodes, model, clip, sdxl_hrv, "a [rose-colored:Color-Plants] dress")
+    m = sdxl_hrv.matrix
+    d, u = m[sdxl_hrv.concepts.index("Color")], m[sdxl_hrv.concepts.index("Plants")]
+    term = the_request(conditioning).terms[0]
+    assert term.positions == (2, 3, 4) and torch.allclose(term.factors, 2 * d.clamp(max=9) - u.clamp(max=9))
+    replaced = steered_model.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert set(replaced) == {b.key for b in known_layout("sdxl").blocks}
+    assert "patches_replace" not in model.model_options["transformer_options"]
+
+
+def test_target_nodes_steer_whole_words_and_star_means_every_word(nodes, pipeline, sd1_hrv):
+    model, clip = pipeline
+    text = "a rose beside a rose-colored vase, roses everywhere"
+    _, conditioning = nodes.HRVConceptStrengthen().encode(model, clip, sd1_hrv, text, "rose", "Plants", 1.0, 0.0, 1.0)
+    term = the_request(conditioning).terms[0]
+    assert term.positions == (2,)       # not inside rose-colored, not roses
+    assert torch.allclose(term.factors, sd1_hrv.matrix[sd1_hrv.concepts.index("Plants")])
+    _, conditioning = nodes.HRVOrderedWeakening().encode(model, clip, sd1_hrv, "photo of a dog", "*", "Animals",
+                                                         "MoRHF", 11, -2.0, 0.0, 1.0)
+    term = the_request(conditioning).terms[0]
+    assert term.positions == (1, 2, 3, 4)
+    row = sd1_hrv.matrix[sd1_hrv.concepts.index("Animals")]
+    top = sorted(range(128), key=lambda h: (-float(row[h]), h))[:11]
+    assert set(torch.nonzero(term.factors == -2.0).flatten().tolist()) == set(top)
+    assert torch.equal(term.factors[[h for h in range(128) if h not in top]], torch.ones(117))
+
+
+def recorder(base):
+    """A clone whose 16 attn2 blocks record the value tensor they receive (installed before the HRV node)."""
     import comfy.ldm.modules.attention as attention
     seen = {}
     m = base.clone()
     for b in known_layout("sd1").blocks:
         def record(q, k, v, extra_options, key=b.key):
-            seen[key] = v
+            seen[key] = (v, list(extra_options["cond_or_uncond"]))
             return attention.optimized_attention(q, k, v, extra_options["n_heads"])
         m.set_model_attn2_replace(record, *b.key)
     return m, seen
 
 
-def applied_factors(seen, position):
-    """Per-head factor the steering put on `position`, read off cond (row 0) vs identical uncond (row 1) values."""
-    found = []
-    for b in known_layout("sd1").blocks:
-        v = seen[b.key].double()
-        cond, uncond = v[0, position].view(8, -1), v[1, position].view(8, -1)
-        found.append((cond * uncond).sum(-1) / (uncond * uncond).sum(-1))
-    return torch.cat(found).float()
-
-
-def test_registered_with_tooltips_everywhere(pack):
-    for node_id in ("HRVConceptStrengthen", "HRVConceptAdjust", "HRVOrderedWeakening"):
-        cls = pack.NODE_CLASS_MAPPINGS[node_id]
-        assert cls.CATEGORY == "HRV/steering" and cls.DESCRIPTION and cls.RETURN_TYPES == ("MODEL",)
-        assert len(cls.OUTPUT_TOOLTIPS) == 1 and pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("HRV ")
-        spec = cls.INPUT_TYPES()["required"]
-        assert all(opts.get("tooltip") for _, opts in spec.values())
-        concept_inputs = [name for name in spec if "concept" in name]
-        assert concept_inputs and all(len(spec[n][0]) == 34 for n in concept_inputs)
-        for name in list(spec)[:5]:
-            assert name in ("model", "clip", "hrv", "prompt", "target")
-
-
-def test_each_node_puts_its_factors_on_exactly_the_target_tokens(nodes, model, clip, sd1_hrv):
-    from hrv.steering.factors import adjust as adjust_factors, ordered_weakening, strengthen as strengthen_factors
-    base, seen = recorders(model)
-    cases = [
-        (nodes.HRVConceptStrengthen().apply(base, clip, sd1_hrv, PROMPT, TARGET, "Color", 0.7, 0.0, 1.0)[0],
-         strengthen_factors(sd1_hrv.row("Color"), 0.7)),
-        (nodes.HRVConceptAdjust().apply(base, clip, sd1_hrv, PROMPT, TARGET, "Color", "Vehicles",
-                                        2.0, 1.0, 0.0, 9.0, 0.0, 1.0)[0],
-         adjust_factors(sd1_hrv.row("Color"), sd1_hrv.row("Vehicles"), 2, 1, 0, clamp=9)),
-        (nodes.HRVOrderedWeakening().apply(base, clip, sd1_hrv, PROMPT, TARGET, "Color", "LeRHF", 20, -2.0, 0.0, 1.0)[0],
-         ordered_weakening(sd1_hrv.row("Color"), 20, most_relevant_first=False)),
-    ]
-    for steered, expected in cases:
-        run(steered, same_context=True)
-        for p in POSITIONS:
-            assert torch.allclose(applied_factors(seen, p), expected, rtol=1e-5, atol=1e-5)
-        for p in (0, 4, 8, 30):  # start token, other words, padding
-            assert torch.allclose(applied_factors(seen, p), torch.ones(128), rtol=1e-6, atol=1e-6)
-
-
-def test_original_model_is_never_mutated(nodes, model, clip, sd1_hrv):
-    options_before = copy.deepcopy(model.model_options)
-    weights_before = weights_fingerprint(model)
-    plain_before = run(model)
-    steered = adjust(nodes, model, clip, sd1_hrv)
-    assert steered is not model and steered.model is model.model
-    steered_out = run(steered)
-    assert (steered_out[0] - plain_before[0]).abs().max() > 1e-4
-    assert model.model_options == options_before
-    assert "patches_replace" not in model.model_options["transformer_options"]
-    assert all(torch.equal(a, b) for a, b in zip(weights_fingerprint(model), weights_before))
-    assert torch.equal(run(model), plain_before)
-    replaced = steered.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert set(replaced) == {b.key for b in known_layout("sd1").blocks}
-
-
-def test_only_the_cond_chunk_changes(nodes, model, clip, sd1_hrv):
-    steered = strengthen(nodes, model, clip, sd1_hrv, strength=3.0)
-    for chunks in ((0, 1), (1, 0)):
-        plain, out = run(model, chunks=chunks), run(steered, chunks=chunks)
-        cond, uncond = chunks.index(0), chunks.index(1)
-        assert torch.equal(out[uncond], plain[uncond])
-        assert (out[cond] - plain[cond]).abs().max() > 1e-4
-    assert torch.equal(run(steered, chunks=(1, 1)), run(model, chunks=(1, 1)))
-
-
-def test_only_inside_the_sigma_range(nodes, model, clip, sd1_hrv):
-    sampling = model.get_model_object("model_sampling")
-    mid = float(sampling.percent_to_sigma(0.5))
-    late_only = strengthen(nodes, model, clip, sd1_hrv, strength=3.0, start=0.5, end=1.0)
-    early_only = strengthen(nodes, model, clip, sd1_hrv, strength=3.0, start=0.0, end=0.5)
-    high, low = mid * 4, mid / 4
-    assert torch.equal(run(late_only, sigma=high), run(model, sigma=high))
-    assert not torch.equal(run(late_only, sigma=low), run(model, sigma=low))
-    assert torch.equal(run(early_only, sigma=low), run(model, sigma=low))
-    assert not torch.equal(run(early_only, sigma=high), run(model, sigma=high))
-
-
-def test_two_nodes_in_series_multiply(nodes, model, clip, sd1_hrv):
-    from hrv.steering.factors import adjust as adjust_factors, strengthen as strengthen_factors
-    first = strengthen(nodes, model, clip, sd1_hrv, concept="Material", strength=0.5)
-    both = adjust(nodes, first, clip, sd1_hrv)
-    product = strengthen_factors(sd1_hrv.row("Material"), 0.5) * adjust_factors(sd1_hrv.row("Color"), sd1_hrv.row("Vehicles"))
-    one = nodes.steer(model, clip, sd1_hrv, PROMPT, TARGET, product, 0.0, 1.0)
-    a, b = run(both), run(one)
-    assert (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
-    assert (a - run(first)).abs().max() > 1e-4
-    assert len(first.model_options["transformer_options"]["patches_replace"]["attn2"]) == 16
-
-
-def test_other_packs_attn2_replacement_still_runs(nodes, model, clip, sd1_hrv):
-    import comfy.ldm.modules.attention as attention
-    calls = []
-
-    def other_pack(q, k, v, extra_options):
-        calls.append((extra_options["block"], extra_options.get("block_index")))
-        return attention.optimized_attention(q, k, v, extra_options["n_heads"]) * 0.5
-
-    pre = model.clone()
-    pre.set_model_attn2_replace(other_pack, "input", 1, 0)   # per transformer
-    pre.set_model_attn2_replace(other_pack, "output", 3)     # per block: our per-transformer key must not shadow it
-    pre_options = copy.deepcopy(pre.model_options)
-    steered = strengthen(nodes, pre, clip, sd1_hrv, strength=2.0)
-    out = run(steered)
-    assert sorted(calls) == [(("input", 1), 0), (("output", 3), 0)]
-    calls.clear()
-    pre_out = run(pre)
-    assert len(calls) == 2 and torch.equal(out[1], pre_out[1]) and not torch.equal(out[0], pre_out[0])
-    assert pre.model_options == pre_options
-
-
-def test_sampler_end_to_end_and_unpatched_rerun_is_bit_identical(nodes, model, clip, sd1_hrv):
+def test_sampler_scales_the_marked_rows_of_the_marked_conditioning_only(nodes, pipeline, sd1_hrv):
     import comfy.sample
-    g = torch.Generator().manual_seed(3)
-    positive = [[torch.randn(1, 77, 768, generator=g) * 2, {}]]
-    negative = [[torch.randn(1, 154, 768, generator=g), {}]]  # longer negative: cond is repeated to 154 tokens
-    latent, noise = torch.zeros(1, 4, 8, 8), torch.randn(1, 4, 8, 8, generator=g)
-
-    def sample(m):
-        return comfy.sample.sample(m, noise, 2, 6.0, "euler", "normal", positive, negative, latent,
-                                   disable_pbar=True, seed=3)
-
-    before = sample(model)
-    steered = sample(adjust(nodes, model, clip, sd1_hrv, start=0.0, end=0.6))
-    after = sample(model)
-    assert torch.equal(before, after)
-    assert (steered - before).abs().max() > 1e-4
-
-
-def test_sdxl_model_gets_all_70_blocks(nodes, sdxl_hrv):
-    m = model_patcher("sdxl", "tiny", device="meta")
-    steered = nodes.HRVConceptAdjust().apply(m, tokenizer_clip("sdxl"), sdxl_hrv, "a rose-colored dress", TARGET,
-                                             "Color", "Plants", 2.0, 1.0, 0.0, 9.0, 0.0, 1.0)[0]
-    replaced = steered.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert set(replaced) == {b.key for b in known_layout("sdxl").blocks}
-    assert "patches_replace" not in m.model_options["transformer_options"]
+    model, clip = pipeline
+    base, seen = recorder(model)
+    steered, positive = text_encode(nodes, base, clip, sd1_hrv, TEXT)
+    negative = clip_text_encode(clip, CLEAN)       # the same context: its v rows are the unsteered reference
+    latent = torch.zeros(1, 4, 8, 8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    comfy.sample.sample(steered, noise, 1, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1)
+    request = the_request(positive)
+    for b in known_layout("sd1").blocks:
+        v, chunks = seen[b.key]
+        pos, neg = (v[chunks.index(i)].double().view(77, 8, -1) for i in (0, 1))   # v [2, 77, 8*d], one row per chunk
+        factors = (pos * neg).sum(-1) / (neg ** 2).sum(-1)
+        expected = torch.ones(77, 8, dtype=torch.float64)
+        for term in request.terms:
+            expected[list(term.positions)] = term.factors[b.columns].double()
+        assert torch.allclose(factors, expected, atol=1e-5), b.key
 
 
-def test_clear_errors(pack, nodes, model, clip, sd1_hrv, sdxl_hrv):
-    node = nodes.HRVConceptStrengthen()
+def test_original_model_is_never_mutated(nodes, pipeline, sd1_hrv):
+    model, clip = pipeline
+    options_before = copy.deepcopy(model.model_options)
+    steered, _ = text_encode(nodes, model, clip, sd1_hrv, TEXT)
+    again, _ = nodes.HRVConceptAdjust().encode(steered, clip, sd1_hrv, CLEAN, "car", "Vehicles", "Color",
+                                               1.0, 1.0, 1.0, 0.0, 0.0, 1.0)
+    assert steered is not model and steered.model is model.model
+    assert model.model_options == options_before
+    first = steered.model_options["transformer_options"]["patches_replace"]["attn2"]
+    second = again.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(first) == 16 and all(second[k] is first[k] for k in first)     # installing twice is a no-op
+
+
+def test_concept_dropdowns_list_the_concepts_of_every_visible_hrv(pack, nodes, sd1_hrv, tmp_path, monkeypatch):
+    folders = pack.nodes.hrv_folders
+    custom = pack.hrv.format.hrv_file.HRV(matrix=torch.ones(2, 128), layout=sd1_hrv.layout, concepts=["Softness", "Color"])
+    pack.hrv.format.hrv_file.save(custom, str(tmp_path / "mine.safetensors"))
+    (tmp_path / "broken.safetensors").write_bytes(b"nonsense")
+    monkeypatch.setattr(folders, "hrv_filenames", lambda: ["mine.safetensors", "broken.safetensors"])
+    monkeypatch.setattr(folders, "hrv_path", lambda name: str(tmp_path / name))
+    choices = nodes.HRVConceptStrengthen.INPUT_TYPES()["required"]["concept"][0]
+    assert choices[:34] == pack.hrv.format.concepts.default_concept_names() and choices[34:] == ["Softness"]
+
+
+def test_clear_errors(pack, nodes, pipeline, sd1_hrv, sdxl_hrv):
+    model, clip = pipeline
+    strengthen = nodes.HRVConceptStrengthen()
     with pytest.raises(ValueError, match="made for sdxl .* load the HRV made for your checkpoint"):
-        node.apply(model, clip, sdxl_hrv, PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
-    custom = pack.hrv.format.hrv_file.HRV(matrix=torch.ones(2, 128), layout=sd1_hrv.layout, concepts=["Texture", "Shape"])
+        strengthen.encode(model, clip, sdxl_hrv, CLEAN, "car", "Color", 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="HRV Text Encode: the mark \\[car:Colour\\] names the concept 'Colour'.*Its concepts: Animals"):
+        text_encode(nodes, model, clip, sd1_hrv, "a [car:Colour]")
+    votes = torch.ones(2, 128)
+    votes[1] = 0
+    unvoted = pack.hrv.format.hrv_file.HRV(matrix=votes, layout=sd1_hrv.layout, concepts=["Texture", "Shape"])
+    with pytest.raises(ValueError, match="'Shape' got no votes .* build the HRV with more prompts"):
+        text_encode(nodes, model, clip, unvoted, "a [car:Shape]")
     with pytest.raises(ValueError, match="concept 'Color' is not in this HRV; pick one of: Texture, Shape"):
-        node.apply(model, clip, custom, PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="'tulip' is not in the prompt"):
-        node.apply(model, clip, sd1_hrv, PROMPT, "car, tulip", "Color", 1.0, 0.0, 1.0)
+        strengthen.encode(model, clip, unvoted, CLEAN, "car", "Color", 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="'tulip' is not a word of the prompt"):
+        strengthen.encode(model, clip, sd1_hrv, CLEAN, "car, tulip", "Color", 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="'rose' is not a word of the prompt"):
+        strengthen.encode(model, clip, sd1_hrv, CLEAN, "rose", "Color", 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="start_percent"):
-        node.apply(model, clip, sd1_hrv, PROMPT, TARGET, "Color", 1.0, 0.6, 0.6)
+        strengthen.encode(model, clip, sd1_hrv, CLEAN, "car", "Color", 1.0, 0.6, 0.6)
     with pytest.raises(ValueError, match="connect the HRV output of HRV Loader"):
-        node.apply(model, clip, "sd1_official", PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
+        strengthen.encode(model, clip, "sd1_official", CLEAN, "car", "Color", 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="between 0 and 128"):
-        nodes.HRVOrderedWeakening().apply(model, clip, sd1_hrv, PROMPT, TARGET, "Color", "MoRHF", 200, -2.0, 0.0, 1.0)
+        nodes.HRVOrderedWeakening().encode(model, clip, sd1_hrv, CLEAN, "*", "Color", "MoRHF", 200, -2.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="part of a longer word"):
+        text_encode(nodes, model, clip, sd1_hrv, "a super[man:People] cape")
+    no_unet = SimpleNamespace(get_model_object=lambda name: torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no UNet cross-attention"):
-        node.apply(SimpleNamespace(model=SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2))), clip, sd1_hrv,
-                   PROMPT, TARGET, "Color", 1.0, 0.0, 1.0)
+        strengthen.encode(no_unet, clip, sd1_hrv, CLEAN, "car", "Color", 1.0, 0.0, 1.0)
     assert "patches_replace" not in model.model_options["transformer_options"]

@@ -185,8 +185,8 @@ class VoteRecorder:
     def record(self, key, cond: torch.Tensor, extra_options: dict) -> None:
         """Count the votes of the projected queries cond [B, N, heads*d] of the conditionings that vote."""
         heads = int(extra_options["n_heads"])
-        device = q.device
-        concepts = head_vote_concepts(cond, self.concept_keys(key, q), heads,
+        device = cond.device
+        concepts = head_vote_concepts(cond, self.concept_keys(key, cond), heads,
                                       _cached(self._word_concept, device, device, lambda: self.words.word_concept),
                                       self.max_elements)                          # [Bc, heads]
         block = self.layout.block(key)

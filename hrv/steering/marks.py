@@ -77,8 +77,8 @@ def _parse_mark(inner: str, concepts: list[str], start: int) -> tuple[str, str, 
         raise MarkError(f"the mark {mark_text} has spaces around its word: write [{word.strip()}:{spec}]")
     desired, undesired = _resolve_concepts(spec, concepts, mark_text)
     if undesired is not None and strength is not None:
-        raise MarkError(f"the mark {mark_text} adjusts between two concepts, which takes no strength: the node's "
-                        "preset (or w_desired/w_undesired/offset) sets how hard; write [word:Desired-Undesired]")
+        raise MarkError(f"the mark {mark_text} adjusts between two concepts, which takes no strength: the adjust weights "
+                        "(w_desired, w_undesired, offset) set how hard; write [word:Desired-Undesired]")
     return word, desired, undesired, strength
 
 

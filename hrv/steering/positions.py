@@ -2,7 +2,7 @@
 
 ComfyUI's tokenizer does not split a prompt into words (a word id covers a whole weighted segment), so a
 word's tokens are found by editing the text: the prompt is tokenized again with the word replaced by two
-different sentinel words, and the tokens where those variants differ from the prompt are the word's. CLIP's
+different one-digit sentinels, and the tokens where those variants differ from the prompt are the word's. CLIP's
 BPE works word by word, so this holds for any word bounded by spaces or punctuation, whatever the weights,
 embeddings or chunking (> 77 tokens) around it. A span that cuts through a word is an error.
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SENTINELS = ("zqxj", "vkwy")
+# CLIP's pre-tokenizer makes every digit a word of its own, so a digit never merges with its neighbours.
+SENTINELS = ("7", "3")
 
 
 class WordPositionError(ValueError):
@@ -36,21 +37,35 @@ def _token_key(token):
     return ("embedding", tuple(round(float(x), 5) for x in token.flatten().tolist()))
 
 
-def token_stream(clip, text: str) -> TokenStream:
+def _tokenize(clip, text: str) -> dict:
     if not hasattr(clip, "tokenize"):
         raise WordPositionError(f"the clip input ({type(clip).__name__}) has no tokenizer: connect the CLIP "
                                 "output of your checkpoint loader")
-    out = clip.tokenize(text, return_word_ids=True)
-    if not isinstance(out, dict) or not out:
-        raise WordPositionError("the CLIP tokenizer returned an unexpected structure")
+    try:
+        out = clip.tokenize(text, return_word_ids=True)
+    except TypeError:
+        out = clip.tokenize(text)
+    if not isinstance(out, dict) or not out or not all(isinstance(c, list) and c for c in out.values()):
+        raise WordPositionError("the CLIP tokenizer returned an unexpected structure; expected "
+                                "{encoder: [[(token, weight, word_id), ...], ...]}")
+    return out
+
+
+def token_stream(clip, text: str) -> TokenStream:
+    out = _tokenize(clip, text)
+    specials = None
     streams = {}
     for name, chunks in out.items():
         keys, positions, position = [], [], 0
         for chunk in chunks:
             for entry in chunk:
-                if len(entry) < 3:
-                    raise WordPositionError("this CLIP's tokenizer gives no word ids; it is not supported")
-                if entry[2] != 0:
+                if len(entry) >= 3:
+                    semantic = entry[2] != 0
+                else:  # a CLIP wrapper without word ids: start/end/padding are what an empty prompt consists of
+                    if specials is None:
+                        specials = {n: {_token_key(e[0]) for c in cs for e in c} for n, cs in _tokenize(clip, "").items()}
+                    semantic = _token_key(entry[0]) not in specials.get(name, ())
+                if semantic:
                     keys.append(_token_key(entry[0]))
                     positions.append(position)
                 position += 1
@@ -95,7 +110,10 @@ def whole_word_spans(text: str, word: str) -> list[tuple[int, int]]:
     word = word.strip()
     if not word:
         return []
-    pattern = r"(?<![\w\-])" + re.escape(word) + r"(?![\w\-])"
+    # Boundaries only where the word itself starts or ends with a letter or digit ("!" may follow "car").
+    before = r"(?<![\w\-])" if re.match(r"\w", word) else ""
+    after = r"(?![\w\-])" if re.search(r"\w$", word) else ""
+    pattern = before + re.escape(word) + after
     return [(m.start(), m.end()) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
 
 
