@@ -3,8 +3,8 @@
 `install_core` puts one attn2 replacement on every cross-attention transformer of a cloned ModelPatcher
 (wrapping whatever was installed before) and an OUTER_SAMPLE wrapper that, once per sampling run, reads
 the guider's conditionings. Features attach a request to a CONDITIONING entry (`attach_request`); during
-sampling the core maps each batch chunk of every attn2 call to its conditioning through
-`transformer_options["uuids"]` and hands the chunks that carry a feature's request to that feature's
+sampling the core maps each batch chunk of every attn2 call to its conditioning (chunks.py, through the
+uuids ComfyUI names per chunk) and hands the chunks that carry a feature's request to that feature's
 processor. Processors say what they do to q, k, v; the fused attention kernel still runs.
 """
 from .adapter import fused_attention

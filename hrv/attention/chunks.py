@@ -32,6 +32,11 @@ class ChunkError(RuntimeError):
     """A batch that does not split into the chunks ComfyUI named; a bug or an unsupported sampler."""
 
 
+def call_uuids(extra_options: Mapping) -> list | None:
+    """The conditioning uuid of every chunk of an attn2 call; None outside a sampler."""
+    return extra_options.get("uuids")
+
+
 def split_chunks(uuids, batch: int, entries: Mapping[Any, CondEntry]) -> list[tuple[slice, Any, CondEntry]]:
     """(rows, uuid, entry) for every chunk of a call whose conditioning carries requests."""
     if not uuids:

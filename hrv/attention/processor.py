@@ -1,7 +1,7 @@
 """What a feature plugs into the attention core."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
@@ -15,7 +15,6 @@ class AttnCall:
     key: tuple                    # (block, block_id, transformer_index)
     extra_options: dict           # ComfyUI's extra_options (n_heads, sigmas, sample_sigmas, ...)
     run: "object"                 # the RunState of this sampling run (per-run caches, sigma gates)
-    uuids: tuple = field(default=())
 
     @property
     def heads(self) -> int:

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Mapping
 
 from .adapter import installed_replacement
-from .chunks import Chunk, CondEntry, split_chunks
+from .chunks import Chunk, CondEntry, call_uuids, split_chunks
 from .processor import AttnCall
 from .requests import requests_of
 
@@ -89,7 +89,7 @@ class RunState:
         self.ran.add(key)
         if inner_source != "transformer":
             inner = self.inner_override.get(key, inner)
-        uuids = extra_options.get("uuids")
+        uuids = call_uuids(extra_options)
         if uuids and self.entries:
             work = self.chunks_for(uuids, q.shape[0])
             if work:
