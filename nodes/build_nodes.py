@@ -4,12 +4,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
-from ..hrv.build.run import BuildSettings, run_build
+from ..hrv.build.model_hash import model_fingerprint
+from ..hrv.build.run import BuildSettings, build_fingerprint, run_build
 from ..hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
 from ..hrv.build.concept_embed import encode_concept_words
 from ..hrv.format.concepts import extend_concept_set, load_concept_set, parse_concept_text
 from ..hrv.format.hrv_file import save
+from ..hrv.format.layout import layout_of_unet
 from ..hrv.build.prompts import parse_prompt_text, prompt_batch
 from .hrv_folders import ensure_hrv_folder_registered, models_hrv_dir
 
@@ -28,9 +31,50 @@ def concepts_for(concept_set: str, my_concepts: str) -> dict[str, list[str]]:
     return extend_concept_set(load_concept_set(), parse_concept_text(my_concepts, "my_concepts", complete=False))
 
 
-def prompts_for(batch: str, prompts: str) -> list[str]:
+def prompts_for(batch: str, prompts: str, max_prompts: int = 0) -> list[str]:
+    """The prompt batch; with max_prompts > 0, that many drawn evenly across it (every class group represented)."""
     mine = parse_prompt_text(prompts)
-    return prompt_batch(imagenet=batch != "my prompts only", extra=mine if batch != "ImageNet only" else None)
+    found = prompt_batch(imagenet=batch != "my prompts only", extra=mine if batch != "ImageNet only" else None)
+    if 0 < max_prompts < len(found):
+        found = [found[i * len(found) // max_prompts] for i in range(max_prompts)]
+    return found
+
+
+def build_cache_path(fingerprint: str) -> str:
+    """Where an interrupted build of these exact settings and weights keeps its counts (ComfyUI's user folder:
+    its temp folder is emptied at every start)."""
+    import folder_paths
+    return os.path.join(folder_paths.get_user_directory(), "hrv_builds", f"{fingerprint[:24]}.partial.safetensors")
+
+
+class _Progress:
+    """ComfyUI's progress bar plus an ETA line under the node, from the steps sampled in this session."""
+
+    def __init__(self, node_id, steps_per_prompt: int):
+        import comfy.utils
+        self.bar, self.node_id, self.steps_per_prompt = comfy.utils.ProgressBar(1, node_id=node_id), node_id, steps_per_prompt
+        self.start, self.first, self.last_text = time.monotonic(), None, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update_absolute(done, total)
+        if self.first is None:
+            self.first = done      # resumed steps are not part of the rate
+            return
+        now = time.monotonic()
+        if done > self.first and (now - self.last_text > 2.0 or done == total):
+            left = (now - self.start) / (done - self.first) * (total - done)
+            text = (f"prompt {done // self.steps_per_prompt}/{total // self.steps_per_prompt}, "
+                    f"about {int(left // 60)} min {int(left % 60)} s left")
+            self.last_text = now
+            log.info("HRV Build: %s", text)
+            self._send(text)
+
+    def _send(self, text: str) -> None:
+        try:
+            from server import PromptServer
+            PromptServer.instance.send_progress_text(text, self.node_id)
+        except Exception:  # no server (scripts, tests): the log line is enough
+            pass
 
 
 class HRVBuild:
@@ -38,7 +82,9 @@ class HRVBuild:
                    "prompt and, at every step, lets each cross-attention head vote for the concept word it attends to "
                    "most. Slow: prompts x steps sampling steps (the paper: 1,000 ImageNet prompts x 50 steps). "
                    "Put it after Load Checkpoint (and LoRA loaders); send the HRV to HRV Save, HRV Inspect or the "
-                   "steering nodes. For big builds use `python -m hrv build` (resumable, sharded, Ray).")
+                   "steering nodes. The default draws 64 prompts from the batch, a build you can run in a sitting (a few "
+                   "minutes on a GPU); an interrupted build of the same settings and model resumes where it stopped. "
+                   "For paper-size builds use `python -m hrv build` (sharded, Ray).")
     CATEGORY = "HRV/build"
     FUNCTION = "build"
     RETURN_TYPES = ("HRV", "STRING")
@@ -58,6 +104,10 @@ class HRVBuild:
                              "classes, your prompts below, or both."}),
             "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
                         "Your prompts, one per line (lines starting with # are ignored)."}),
+            "max_prompts": ("INT", {"default": 64, "min": 0, "max": 100000, "tooltip":
+                            "How many prompts to sample, drawn evenly from the batch; 0 = all of them (ImageNet: "
+                            "1,000, the paper's size: hours even on a GPU). 64 prompts x 50 steps take a few minutes "
+                            "on a recent GPU, far longer on a CPU."}),
             "concept_set": (list(CONCEPT_SETS), {"default": CONCEPT_SETS[0], "tooltip":
                             "The concepts to score: the paper's 34 concepts x 10 words, those plus yours, or only yours."}),
             "my_concepts": ("STRING", {"multiline": True, "default": "", "tooltip":
@@ -75,19 +125,27 @@ class HRVBuild:
                       "Image width (SD1.x: 512, SDXL: 1024)."}),
             "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip":
                        "Image height (SD1.x: 512, SDXL: 1024)."}),
-        }}
+            "resume": ("BOOLEAN", {"default": True, "tooltip":
+                       "Keep the counts of finished prompts in ComfyUI's user folder (hrv_builds/) so an interrupted "
+                       "build of the same settings and model continues where it stopped; off = always start over."}),
+        }, "hidden": {"unique_id": "UNIQUE_ID"}}
 
     def build(self, model, clip, prompt_batch, prompts, concept_set, my_concepts, steps, cfg, seed,
-              sampler_name, scheduler, width, height):
-        import comfy.utils
+              sampler_name, scheduler, width, height, max_prompts=64, resume=True, unique_id=None):
         concepts = concepts_for(concept_set, my_concepts)
-        prompt_list = prompts_for(prompt_batch, prompts)
+        prompt_list = prompts_for(prompt_batch, prompts, int(max_prompts))
         settings = BuildSettings(steps=steps, cfg=cfg, seed=seed, sampler=sampler_name, scheduler=scheduler,
                                  width=width, height=height)
         words = encode_concept_words(clip, concepts)
-        bar = comfy.utils.ProgressBar(len(prompt_list) * steps)
+        model_id = {"weights_sampled_sha256": model_fingerprint(model)}
+        checkpoint = None
+        if resume:
+            layout = layout_of_unet(model.get_model_object("diffusion_model"))
+            checkpoint = build_cache_path(build_fingerprint(prompt_list, words.as_dict(), settings, layout.compact(),
+                                                            model_id))
         hrv = run_build(model, words, prompt_list, settings, ComfyPromptSampler(clip_text_encoder(clip), settings),
-                        optimized_attention(), progress=lambda done, total: bar.update_absolute(done, total))
+                        optimized_attention(), checkpoint_path=checkpoint, resume=True, model_id=model_id, checkpoint_every=1,
+                        progress=_Progress(unique_id, steps))
         info = (f"built {hrv.arch} HRV: {hrv.num_heads} heads, {len(hrv.concepts)} concepts, "
                 f"{len(prompt_list)} prompts x {steps} steps ({sampler_name}/{scheduler}, cfg {cfg}, seed {seed})")
         log.info(info)

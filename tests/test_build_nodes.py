@@ -17,6 +17,14 @@ def model_clip():
     return tiny_sd1_pipeline(0)
 
 
+@pytest.fixture(autouse=True)
+def user_dir(tmp_path, monkeypatch):
+    """Resumable builds keep their counts in ComfyUI's user folder: a fresh one per test."""
+    import folder_paths
+    monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(tmp_path / "user"))
+    return tmp_path / "user"
+
+
 ARGS = dict(prompt_batch="my prompts only", prompts="a cat\n# skipped\na red car\n", concept_set="my concepts only",
             my_concepts="Color: red, blue\nAnimals: cat, dog\n", steps=2, cfg=5.0, seed=1, sampler_name="euler",
             scheduler="normal", width=128, height=128)
@@ -73,3 +81,48 @@ def test_save_node_writes_to_models_hrv(pack, model_clip, tmp_path, monkeypatch)
     for bad in ("../escape", "a/b", "", ".."):
         with pytest.raises(ValueError, match="not allowed"):
             save.save_hrv(hrv, bad, False)
+
+
+def test_interrupted_build_resumes_to_the_uninterrupted_counts(pack, model_clip, user_dir, monkeypatch):
+    sampling = pack.hrv.build.sampling          # the module the node uses (the pack is its own package)
+    model, clip = model_clip
+    args = dict(ARGS, prompts="a cat\na red car\na blue dog\na green tree\n", steps=1)
+    node = pack.NODE_CLASS_MAPPINGS["HRVBuild"]()
+    reference, _ = node.build(model, clip, **dict(args, resume=False))
+    assert not user_dir.exists()
+    real = sampling.ComfyPromptSampler.__call__
+    sampled = []
+
+    def interrupted(self, m, prompt, seed, step_done):
+        sampled.append(prompt)
+        if len(sampled) == 3:
+            raise KeyboardInterrupt("the user pressed cancel")
+        return real(self, m, prompt, seed, step_done)
+
+    monkeypatch.setattr(sampling.ComfyPromptSampler, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        node.build(model, clip, **args)
+    sampled.clear()
+    monkeypatch.setattr(sampling.ComfyPromptSampler, "__call__",
+                        lambda self, *a: sampled.append(a[1]) or real(self, *a))
+    resumed, _ = node.build(model, clip, **args)
+    assert sampled == ["a blue dog", "a green tree"]            # the 2 prompts finished before the cancel are kept
+    assert torch.equal(resumed.votes, reference.votes)
+    files = list((user_dir / "hrv_builds").iterdir())
+    assert len(files) == 1 and load(str(files[0])).provenance["complete"]
+    sampled.clear()
+    again, _ = node.build(model, clip, **args)                 # a finished build of the same settings: no sampling
+    assert sampled == [] and torch.equal(again.votes, reference.votes)
+    other_weights = model.clone()
+    other_weights.add_patches({next(iter(model.model.state_dict())): (torch.ones(1),)}, 0.5)
+    node.build(other_weights, clip, **args)                      # another model never reuses these counts
+    assert len(sampled) == 4 and len(list((user_dir / "hrv_builds").iterdir())) == 2
+
+
+def test_max_prompts_draws_evenly_from_the_batch(pack):
+    prompts_for = pack.nodes.build_nodes.prompts_for
+    everything = prompts_for("ImageNet only", "")
+    picked = prompts_for("ImageNet only", "", 64)
+    assert len(everything) == 1000 and len(picked) == 64 and picked[0] == everything[0]
+    assert picked == [everything[i * 1000 // 64] for i in range(64)]
+    assert prompts_for("my prompts only", "a\nb", 64) == ["a", "b"]
