@@ -137,8 +137,11 @@ def _resume_state(path: str, fingerprint: str, shard: Shard, shape) -> tuple[tor
 def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSettings, sample_prompt: PromptSampler,
               optimized_attention, *, shard: Shard = Shard(), checkpoint_path: str | None = None, resume: bool = False,
               checkpoint_every: int = 8, checkpoint_seconds: float = 120.0,
-              progress: Callable[[int, int], None] | None = None, model_id=None) -> HRV:
+              progress: Callable[[int, int], None] | None = None, model_id=None, batch_size: int = 1) -> HRV:
     """Sample every prompt of `shard`, counting head votes; returns the HRV of this shard.
+
+    batch_size prompts sample as one latent batch (CFG batch 2 x batch_size); the votes are counted per
+    prompt and summed, so the counts do not depend on it beyond the float rounding of batched kernels.
 
     With checkpoint_path, the counts of finished prompts are saved there atomically every
     checkpoint_every prompts or checkpoint_seconds; resume=True continues from that file.
@@ -146,6 +149,8 @@ def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSet
     """
     if not prompts:
         raise BuildError("the prompt batch is empty")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BuildError(f"the batch size must be a whole number of prompts, at least 1, got {batch_size!r}")
     patched, recorder = install_vote_patches(model, words, settings.steps, optimized_attention)
     layout = recorder.layout
     fingerprint = build_fingerprint(prompts, words.as_dict(), settings, layout.compact(), model_id)
@@ -169,19 +174,22 @@ def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSet
         progress(done * settings.steps, total_steps)
     last_save, unsaved = time.monotonic(), 0
     with torch.inference_mode():
-        for position in range(done, len(indices)):
-            index = indices[position]
-            recorder.start_prompt()
+        for position in range(done, len(indices), batch_size):
+            group = indices[position:position + batch_size]
+            recorder.start_prompt(group)
             base = position * settings.steps
 
-            def step_done(i, base=base):
+            def step_done(i, base=base, n=len(group)):
                 recorder.end_step(i)
                 if progress:
-                    progress(base + min(i + 1, settings.steps), total_steps)
+                    progress(base + n * min(i + 1, settings.steps), total_steps)
 
-            sample_prompt(patched, prompts[index], settings.seed + index, step_done)
+            if batch_size == 1:
+                sample_prompt(patched, prompts[group[0]], settings.seed + group[0], step_done)
+            else:
+                sample_prompt(patched, [prompts[i] for i in group], [settings.seed + i for i in group], step_done)
             votes += recorder.take_prompt_counts()
-            done, unsaved = position + 1, unsaved + 1
+            done, unsaved = position + len(group), unsaved + len(group)
             if checkpoint_path and done < len(indices) and (
                     unsaved >= checkpoint_every or time.monotonic() - last_save >= checkpoint_seconds):
                 save(snapshot(False), checkpoint_path)

@@ -136,7 +136,9 @@ class VoteRecorder:
     def shape(self) -> tuple[int, int, int]:
         return (self.steps, self.words.num_concepts, self.layout.num_heads)
 
-    def start_prompt(self) -> None:
+    def start_prompt(self, prompt_indices=(0,)) -> None:
+        """A new sampling run of the prompts prompt_indices (its latent rows in that order)."""
+        self.prompt_indices = tuple(int(i) for i in prompt_indices)
         self.counts = None
         self.step = 0
         self._step_for = (None, None)
