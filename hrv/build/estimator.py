@@ -12,6 +12,13 @@ from its mean token embedding) stays available for comparison (votes.head_vote_c
 
 Pure torch. The sampled words depend only on (build seed, prompt index, step, transformer), drawn
 with a CPU torch.Generator, so sharded and resumed builds vote exactly as one uninterrupted run.
+
+Use in a vote processor:
+    bank = encode_concept_tokens(clip, concepts)                   # once (hrv.build.concept_embed)
+    keys = scaled_keys(attn2.to_k, bank.tokens.to(q), heads)      # once per run and transformer
+    table = sample_word_table(bank, seed, prompt_index, steps, len(layout.blocks)).to(device)  # per prompt
+    words = table[step, transformer][None]                         # [1, C]; step may be a device tensor
+    votes = paper_head_votes(q_cond, keys, heads, bank, words)     # int64 [B, heads] concept rows
 """
 from __future__ import annotations
 
@@ -282,7 +289,9 @@ def paper_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: 
     slot_count = count[:, slots.slot_concept]                                # [B, T_sel]
     valid = slots.slot_offset < slot_count                                   # [B, T_sel] False = padding
     rows = torch.where(valid, slots.token_start[words][:, slots.slot_concept] + slots.slot_offset, 0)
-    kt = keys[rows].reshape(batch, n_slots, heads, d).permute(0, 2, 3, 1)   # [B, heads, d, T_sel]
+    # float32 scores even for half-precision models: a few MFLOP per call, and the votes of a
+    # build then do not depend on the dtype the UNet runs in more than its queries do.
+    kt = keys[rows].float().reshape(batch, n_slots, heads, d).permute(0, 2, 3, 1)   # [B, heads, d, T_sel]
     # Padding slots get -inf before the softmax: they take no share of a position's attention.
     pad = torch.zeros(valid.shape, dtype=torch.float32, device=q.device).masked_fill_(~valid, float("-inf"))
     pad = pad[:, None, None, :]                                              # [B, 1, 1, T_sel]
@@ -291,7 +300,7 @@ def paper_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: 
     chunk = max(1, max_elements // max(1, batch * heads * n_slots))
     total = torch.zeros((batch, heads, n_slots), dtype=torch.float32, device=q.device)
     for start in range(0, positions, chunk):
-        scores = torch.matmul(qh[:, :, start:start + chunk], kt).float() + pad   # [B, heads, n, T_sel]
+        scores = torch.matmul(qh[:, :, start:start + chunk].float(), kt) + pad   # [B, heads, n, T_sel]
         total += scores.softmax(-1).sum(2)
     per_word = torch.matmul(total, slots.slot_onehot)                        # [B, heads, C] summed over tokens
     return per_word / (count[:, None, :].float() * positions)
