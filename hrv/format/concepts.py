@@ -12,7 +12,7 @@ class ConceptSetError(ValueError):
 
 
 def load_concept_set(path: str | None = None) -> dict[str, list[str]]:
-    """{concept: [words]} in row order, from our JSON format or a text file of `Concept: word, word` lines."""
+    """{concept: [words]} in row order, from a JSON concept file (see parse_concept_text) or `Concept: word, word` lines."""
     path = path or DEFAULT_CONCEPTS_PATH
     try:
         with open(path, encoding="utf-8") as f:
@@ -43,7 +43,10 @@ def default_concept_names() -> list[str]:
 
 
 def parse_concept_text(text: str, source: str = "the concept text", complete: bool = True) -> dict[str, list[str]]:
-    """{concept: [words]} from text typed in a node: our JSON format or `Concept: word, word` lines.
+    """{concept: [words]} from text typed in a node: JSON or `Concept: word, word` lines.
+
+    JSON: {"concepts": {name: [words]}} (our format), a bare {name: [words]}, or the published
+    list form {"concepts": [{"name": ..., "words": [...]}, ...]} (SNU-DRL/HRV's concepts.json).
 
     complete=False parses concepts meant to extend another set (fewer than 2 is fine then).
     """
@@ -54,8 +57,11 @@ def parse_concept_text(text: str, source: str = "the concept text", complete: bo
         except json.JSONDecodeError as e:
             raise ConceptSetError(f"{source} is not valid JSON: {e}") from None
         concepts = data.get("concepts", data) if isinstance(data, dict) else None
+        if isinstance(concepts, list):
+            concepts = _concepts_from_list(concepts, source)
         if not isinstance(concepts, dict):
-            raise ConceptSetError(f"{source} needs a \"concepts\" object of name -> [words]")
+            raise ConceptSetError(f"{source} needs \"concepts\": an object of name -> [words] "
+                                  f"or a list of {{\"name\": ..., \"words\": [...]}}")
         return check(concepts)
     concepts = {}
     for number, line in enumerate(text.splitlines(), 1):
@@ -66,6 +72,25 @@ def parse_concept_text(text: str, source: str = "the concept text", complete: bo
             raise ConceptSetError(f"{source}, line {number}: expected `Concept: word, word, ...`")
         concepts[name.strip()] = [w.strip() for w in words.split(",")]
     return check(concepts)
+
+
+def _concepts_from_list(entries: list, source: str) -> dict:
+    """{name: words} from the published file's list form, [{"name": ..., "words": [...]}, ...], in list order."""
+    concepts: dict = {}
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or "name" not in entry or "words" not in entry:
+            raise ConceptSetError(f"{source}, concept #{number}: expected {{\"name\": ..., \"words\": [...]}}, "
+                                  f"got {json.dumps(entry)[:80]}")
+        name, words = entry["name"], entry["words"]
+        if not isinstance(name, str):
+            raise ConceptSetError(f"{source}, concept #{number}: \"name\" must be a string, got {json.dumps(name)[:80]}")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ConceptSetError(f"{source}, concept {name!r}: \"words\" must be a list of strings")
+        # A repeated name would silently replace the earlier entry in a dict: say so instead.
+        if name.strip().lower() in {str(c).strip().lower() for c in concepts}:
+            raise ConceptSetError(f"concept {name.strip()!r} appears twice")
+        concepts[name] = words
+    return concepts
 
 
 def _validate_extension(concepts: dict) -> dict[str, list[str]]:
