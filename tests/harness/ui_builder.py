@@ -39,7 +39,8 @@ class UIWorkflow:
         self.cells: dict[int, tuple[int, int]] = {}  # node id -> grid cell (column, row); positions made in to_json
 
     def add(self, class_type: str, at: tuple[int, int], title: str | None = None, **values) -> UINode:
-        """Add a node at grid cell (column, row); values are widget values or Outputs of other nodes."""
+        """Add a node at grid cell (column, row) (below the nodes already there); values are widget values or
+        Outputs of other nodes."""
         node_def = self.node_defs[class_type]
         node_id = len(self.nodes) + 1
         specs = {**node_def["input"].get("required", {}), **node_def["input"].get("optional", {})}
@@ -88,18 +89,23 @@ class UIWorkflow:
         return link_id
 
     def _place(self) -> None:
-        """Grid cells -> positions: each row as tall as its tallest node, columns at a fixed pitch."""
+        """Grid cells -> positions: nodes sharing a cell stack top to bottom in the order added; each row is as
+        tall as its tallest cell, columns at a fixed pitch."""
+        cells: dict[tuple[int, int], list[dict]] = {}
+        for node in self.nodes:
+            cells.setdefault(self.cells[node["id"]], []).append(node)
         rows = max(row for _, row in self.cells.values()) + 1
         heights = [0] * rows
-        for node in self.nodes:
-            row = self.cells[node["id"]][1]
-            heights[row] = max(heights[row], node["size"][1])
+        for (_, row), stack in cells.items():
+            heights[row] = max(heights[row], sum(n["size"][1] for n in stack) + (len(stack) - 1) * (TITLE_HEIGHT + ROW_GAP))
         tops = [40]
         for h in heights[:-1]:
             tops.append(tops[-1] + (h + TITLE_HEIGHT + ROW_GAP if h else 0))
-        for node in self.nodes:
-            column, row = self.cells[node["id"]]
-            node["pos"] = [40 + column * COLUMN_WIDTH, tops[row] + TITLE_HEIGHT]
+        for (column, row), stack in cells.items():
+            y = tops[row] + TITLE_HEIGHT
+            for node in stack:
+                node["pos"] = [40 + column * COLUMN_WIDTH, y]
+                y += node["size"][1] + TITLE_HEIGHT + ROW_GAP
 
     def to_json(self, name: str) -> dict:
         self._place()
