@@ -69,7 +69,7 @@ def polysemy(wf):
     wf.note("HRV Text Encode replaces CLIP Text Encode: a mark [word:Desired-Undesired] steers that word towards one "
             "concept and away from the other, and is removed before encoding. Its model output goes to the sampler "
             "too. Saved image: left the plain prompt, right the marked one, same seed; top 'rose-colored' as a Color, "
-            "not roses; bottom 'Apple' the brand, not the fruit. " + SMALL_NOTE, (0, 2))
+            "not roses; bottom 'Apple' the brand, not the fruit.\n\n" + SMALL_NOTE, (0, 2))
 
 
 def strengthen(wf):
@@ -86,7 +86,7 @@ def strengthen(wf):
     wf.add("SaveImage", (4, 0), images=both[0], filename_prefix="hrv_strengthen")
     wf.note("HRV Concept Strengthen encodes the text like CLIP Text Encode and gives the word 'wood' more weight in the "
             "attention heads that care about Material. Saved image: left plain, right strengthened, same seed. "
-            "Raise strength for a stronger effect. " + SMALL_NOTE, (4, 1))
+            "Raise strength for a stronger effect.\n\n" + SMALL_NOTE, (4, 1))
 
 
 WEAKENING_K = (8, 32, 64)
@@ -114,7 +114,7 @@ def weakening(wf):
     wf.add("SaveImage", (stitch_column + 1, 1), images=grid[0], filename_prefix="hrv_ordered_weakening")
     wf.note("The paper's test of the ranking: every word of the prompt (target *) multiplied by -2 in the k heads most "
             f"relevant to Animals (MoRHF, top row) or least relevant (LeRHF, bottom row); columns k = 0 (baseline), "
-            f"{', '.join(map(str, WEAKENING_K))} of SD1.x's 128 heads. The dog should fade much sooner in the top row. "
+            f"{', '.join(map(str, WEAKENING_K))} of SD1.x's 128 heads. The dog should fade much sooner in the top row.\n\n"
             + SMALL_NOTE, (0, 2))
 
 

@@ -15,6 +15,7 @@ COLUMN_WIDTH, ROW_GAP, NODE_WIDTH = 360, 40, 320
 # so that tall nodes (KSampler, the steering nodes) do not cover the node below them.
 TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, TEXTBOX_HEIGHT = 30, 20, 24, 80
 NOTE_HEIGHT = 140
+NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 46, 13  # the note's monospace text at NODE_WIDTH, with room to spare
 
 
 class Output:
@@ -80,7 +81,7 @@ class UIWorkflow:
         node_id = len(self.nodes) + 1
         self.cells[node_id] = at
         self.nodes.append({"id": node_id, "type": "Note", "pos": [0, 0],
-                           "size": [NODE_WIDTH, NOTE_HEIGHT], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
+                           "size": [NODE_WIDTH, _note_height(text)], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text]})
 
     def _link(self, source: Output, target_id: int, target_slot: int, link_type: str) -> int:
@@ -113,6 +114,12 @@ class UIWorkflow:
                 "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": self.groups, "config": {},  # offset: clear of the sidebar and menu
                 "extra": {"ds": {"scale": 0.8, "offset": [80, 70]}}, "version": 0.4}
+
+
+def _note_height(text: str) -> int:
+    """Tall enough to show the whole text without scrolling (at least NOTE_HEIGHT)."""
+    lines = sum(max(1, -(-len(line) // NOTE_CHARS_PER_LINE)) for line in text.split("\n"))
+    return max(NOTE_HEIGHT, NOTE_LINE_HEIGHT * lines + 30)
 
 
 def _height(node_def: dict, specs: dict) -> int:
