@@ -1,5 +1,6 @@
 """ui_to_api against ComfyUI's real node definitions: what the frontend does when it queues a workflow."""
 import asyncio
+import os
 import random
 
 import pytest
@@ -162,9 +163,18 @@ def test_errors_name_the_fix(defs):
         ui_to_api(workflow, defs)
 
 
-def test_hrv_text_encode_replaces_clip_text_encode(defs):
+@pytest.fixture(scope="module")
+def defs_with_hrvs(comfyui, comfy_base, reference_dir):
+    """Node definitions with the official HRVs in models/hrv/, so HRV Loader validates."""
+    from hrv.format.official import import_official
+    import_official(reference_dir, os.path.join(comfy_base, "models", "hrv"))
+    return comfyui.object_info()
+
+
+def test_hrv_text_encode_replaces_clip_text_encode(defs_with_hrvs):
     """An HRV text encoder in the place of the positive CLIP Text Encode: its widgets (marks kept as typed, they are
     no dynamic-prompt syntax) and its model and conditioning outputs map to the sampler, and ComfyUI accepts it."""
+    defs = defs_with_hrvs
     assert widget_slots(defs["HRVTextEncode"]) == ["text", "preset", "w_desired", "w_undesired", "offset", "clamp",
                                                    "start_percent", "end_percent"]
     g = txt2img()
@@ -183,5 +193,4 @@ def test_hrv_text_encode_replaces_clip_text_encode(defs):
                                       "clamp": 0.0, "start_percent": 0.0, "end_percent": 1.0,
                                       "model": ["1", 0], "clip": ["1", 1], "hrv": ["20", 0]}
     assert prompt["5"]["inputs"]["model"] == ["21", 0] and prompt["5"]["inputs"]["positive"] == ["21", 1]
-    if "sd1_official.safetensors" in defs["HRVLoader"]["input"]["required"]["hrv_name"][0]:
-        assert validate(prompt)[0], validate(prompt)
+    assert validate(prompt)[0], validate(prompt)
