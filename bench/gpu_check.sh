@@ -40,14 +40,14 @@ if [[ -n "${SMOKE:-}" ]]; then   # every command, on the CPU, at sizes that run 
     dev="--device cpu --unet tiny"
     sd1="--size 16 --steps 1 --pairs 1 --attn-reps 1"
     sdxl="--size 8 --steps 1 --pairs 1 --attn-reps 1 --warmup 0"
-    build="--size 16 --steps 1 --pairs 1 --attn-reps 1"
+    build="--size 16 --steps 1 --pairs 1 --attn-reps 1 --batch 1,2"
     limits=(900 900 900)
 else
     dev="--device cuda"
-    sd1="--size 64 --steps 10 --pairs 10 --attn-reps 50"
-    sdxl="--size 128 --steps 6 --pairs 5 --attn-reps 20"
-    build="--size 64 --steps 10 --pairs 8 --attn-reps 20"
-    limits=(90 170 100)
+    sd1="--size 64 --steps 10 --pairs 8 --attn-reps 30"
+    sdxl="--size 128 --steps 6 --pairs 4 --attn-reps 10"
+    build="--size 64 --steps 8 --pairs 4 --attn-reps 10 --batch 1,16"
+    limits=(70 130 110)
 fi
 
 { nvidia-smi -L 2>&1 || echo "no nvidia-smi"; } | tee "$OUT/nvidia-smi.txt"
@@ -74,7 +74,7 @@ run build_sd1 "${limits[2]}" "$py" bench/build.py --arch sd1 $dev --dtype fp16 $
 
 echo "== key ratios (targets: attn_overhead_ratio <= 1.10, overhead_ratio <= 1.02, build_overhead_ratio <= 1.10)"
 for name in steering_sd1 steering_sdxl build_sd1; do
-    grep -h -E '^(attention,|sampling step|plain step|vote step|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
+    grep -h -E '^(attention,|sampling step|plain step|vote step|batch [0-9]+:|best batch|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
         | sed "s/^/$name: /" >>"$OUT/summary.txt"
 done
 cat "$OUT/summary.txt"
