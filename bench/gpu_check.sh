@@ -44,10 +44,10 @@ if [[ -n "${SMOKE:-}" ]]; then   # every command, on the CPU, at sizes that run 
     limits=(900 900 900)
 else
     dev="--device cuda"
-    sd1="--size 64 --steps 10 --pairs 8 --attn-reps 30"
-    sdxl="--size 128 --steps 6 --pairs 4 --attn-reps 10"
-    build="--size 64 --steps 8 --pairs 4 --attn-reps 10 --batch 1,16"
-    limits=(70 130 110)
+    sd1="--size 64 --steps 8 --pairs 6 --attn-reps 20"
+    sdxl="--size 128 --steps 4 --pairs 3 --attn-reps 5"
+    build="--size 64 --steps 6 --pairs 3 --attn-reps 5 --batch 1,16"
+    limits=(60 100 90)
 fi
 
 { nvidia-smi -L 2>&1 || echo "no nvidia-smi"; } | tee "$OUT/nvidia-smi.txt"
