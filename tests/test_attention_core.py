@@ -121,6 +121,8 @@ def test_chunks_follow_uuids_not_positions_and_words_sharing_a_token_multiply():
     assert (out.double() - expected).abs().max().item() <= 1e-5
     plain_out = fused_attention(kernels()["basic"])(q, k, v, {"n_heads": 8})
     assert torch.equal(out[2:4], plain_out[2:4])
+    # Chunk.index is the chunk's number in the call (it indexes cond_or_uncond), not its rank among requesting chunks.
+    assert [(c.index, c.rows) for c in run.chunks_for([plain, b, a], 6)[0][1]] == [(1, slice(2, 4)), (2, slice(4, 6))]
 
 
 def test_repeated_context_is_steered_with_the_conditionings_own_period():

@@ -85,7 +85,8 @@ class RunState:
         found = self._chunks.get(key)
         if found is None:
             by_feature: dict[str, list[Chunk]] = {}
-            for index, (rows, uuid, entry) in enumerate(split_chunks(uuids, batch, self.entries)):
+            for rows, uuid, entry in split_chunks(uuids, batch, self.entries):
+                index = rows.start // (rows.stop - rows.start)      # the chunk's number in the call, requests or not
                 for feature, request in entry.requests.items():
                     if feature in self.processors:
                         by_feature.setdefault(feature, []).append(Chunk(index, rows, request, entry.context_length, uuid))
