@@ -88,11 +88,12 @@ def plain(q, k, v):
 # positions unpaired; refine with a new target token at 2 and the rest shifted by one.
 REPLACE = Alignment("replace", 12, 12, tuple(sorted([(0, 0, 1.0), (1, 1, 1.0)] + [(t, 2, 1 / 3) for t in (2, 3, 4)]
                                                     + [(t, t - 2, 1.0) for t in range(5, 12)])), (), (2, 3, 4))
+SWAP = Alignment("replace", 12, 12, tuple((t, t, 1.0) for t in range(12)), (), (2,))     # same token count: identity
 REFINE = Alignment("refine", 12, 12, tuple([(0, 0, 1.0), (1, 1, 1.0)] + [(t, t - 1, 1.0) for t in range(3, 12)]),
                    (2,), (2,))
 
 
-@pytest.mark.parametrize("alignment, context", [(REPLACE, 12), (REFINE, 12), (REFINE, 24)])
+@pytest.mark.parametrize("alignment, context", [(SWAP, 12), (REPLACE, 12), (REFINE, 12), (REFINE, 24)])
 def test_fused_edit_equals_explicit_p2p_maps(alignment, context):
     hrv_row = torch.rand(128, generator=torch.Generator().manual_seed(7)) * 3
     scales = [(p, hrv_row) for p in alignment.edited] + [(6, torch.full((128,), 1.7))]     # HRV + a reweighted word

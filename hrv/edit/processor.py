@@ -80,7 +80,8 @@ class BlendMaps:
 class _Plan:
     """Index and factor tensors of one chunk layout, built once per run."""
 
-    def __init__(self, call: AttnCall, chunk: Chunk, request: EditRequest, context: int, channels: int, device, dtype):
+    def __init__(self, call: AttnCall, chunk: Chunk, request: EditRequest, batch: int, context: int, channels: int,
+                 device, dtype):
         a = request.alignment
         rows = range(chunk.rows.start, chunk.rows.stop)
         if len(rows) % 2:
@@ -92,12 +93,16 @@ class _Plan:
                                    f"{a.source_length} and {a.target_length}")
         self.source_rows = torch.tensor(list(rows)[0::2], dtype=torch.int64, device=device)
         self.target_rows = torch.tensor(list(rows)[1::2], dtype=torch.int64, device=device)
+        self.take = _take_source_rows(rows, batch, device)
         self.context, self.source_length, self.target_length = context, a.source_length, a.target_length
         self.pair_target = torch.tensor([t for t, _, _ in a.pairs], dtype=torch.int64, device=device)
         self.pair_source = torch.tensor([s for _, s, _ in a.pairs], dtype=torch.int64, device=device)
         weights = [w for _, _, w in a.pairs]
         self.weights = (None if all(w == 1.0 for w in weights) else
                         torch.tensor(weights, dtype=torch.float32, device=device).to(dtype))
+        # The usual word swap: every position carried from the same position, so the fold is the identity.
+        self.identity = (a.source_length == a.target_length and self.weights is None
+                         and [(t, s) for t, s, _ in a.pairs] == [(p, p) for p in range(a.target_length)])
         self.own = torch.tensor(a.own, dtype=torch.int64, device=device) if a.own else None
         heads = call.heads
         self.scale_positions = self.scale = self.head_scale = None
@@ -176,8 +181,7 @@ class EditProcessor:
                     or step[0] >= request.steps(request.self_replace, step[1])):
                 continue
             plan = self._plan(call, chunk, v, self_attention=True)
-            q = q.index_copy(0, plan.target_rows, q.index_select(0, plan.source_rows))
-            k = k.index_copy(0, plan.target_rows, k.index_select(0, plan.source_rows))
+            q, k = q.index_select(0, plan.take), k.index_select(0, plan.take)
         return q, k, v
 
     def process_output(self, call: AttnCall, out, chunks):
@@ -190,34 +194,38 @@ class EditProcessor:
     def _plan(self, call: AttnCall, chunk: Chunk, v, self_attention: bool = False) -> _Plan:
         batch, context, channels = v.shape
         if self_attention:   # only the rows matter; the context is the image
-            key = (FEATURE, "self", chunk.index, chunk.rows.start, chunk.rows.stop, v.device)
+            key = (FEATURE, "self", chunk.index, chunk.rows.start, chunk.rows.stop, batch, v.device)
             plan = call.run.cache.get(key)
             if plan is None:
                 rows = range(chunk.rows.start, chunk.rows.stop)
                 if len(rows) % 2:
                     raise EditRuntimeError(f"the edit conditioning got {len(rows)} latent row(s); it needs pairs "
                                            "(source, target): connect the LATENT output of HRV Prompt Edit to the sampler")
-                plan = call.run.cache[key] = _RowsPlan(rows, v.device)
+                plan = call.run.cache[key] = _RowsPlan(_take_source_rows(rows, batch, v.device))
             return plan
-        key = (FEATURE, call.key, chunk.index, chunk.rows.start, chunk.rows.stop, id(chunk.request), context,
+        key = (FEATURE, call.key, chunk.index, chunk.rows.start, chunk.rows.stop, batch, id(chunk.request), context,
                channels, v.device, v.dtype)
         plan = call.run.cache.get(key)
         if plan is None:
-            plan = call.run.cache[key] = _Plan(call, chunk, chunk.request, context, channels, v.device, v.dtype)
+            plan = call.run.cache[key] = _Plan(call, chunk, chunk.request, batch, context, channels, v.device, v.dtype)
         return plan
 
     @staticmethod
     def _replace_cross(call: AttnCall, plan: _Plan, q, k, v):
-        source, target = plan.source_rows, plan.target_rows
-        v_target = v.index_select(0, target)[:, :plan.target_length]
+        target = plan.target_rows
+        v_target = v.index_select(0, target)
+        if plan.context != plan.target_length:
+            v_target = v_target[:, :plan.target_length]
         v_target = fused.scale_rows(v_target, plan.scale_positions, plan.scale)
-        carried = fused.fold_values(v_target, plan.pair_target, plan.pair_source, plan.weights, plan.source_length)
+        if plan.identity:
+            carried = v_target
+        else:
+            carried = fused.fold_values(v_target, plan.pair_target, plan.pair_source, plan.weights, plan.source_length)
         if plan.own is not None:
             kept = fused.repeat_context(fused.keep_values(v_target, plan.own), plan.context)
             term = call.attention(q.index_select(0, target), k.index_select(0, target), kept)
             call.state.setdefault(FEATURE, []).append((target, term))
-        q = q.index_copy(0, target, q.index_select(0, source))
-        k = k.index_copy(0, target, k.index_select(0, source))
+        q, k = q.index_select(0, plan.take), k.index_select(0, plan.take)
         v = v.index_copy(0, target, fused.repeat_context(carried, plan.context))
         return q, k, v
 
@@ -252,9 +260,17 @@ class EditProcessor:
 
 
 class _RowsPlan:
-    def __init__(self, rows: range, device):
-        self.source_rows = torch.tensor(list(rows)[0::2], dtype=torch.int64, device=device)
-        self.target_rows = torch.tensor(list(rows)[1::2], dtype=torch.int64, device=device)
+    def __init__(self, take: torch.Tensor):
+        self.take = take
+
+
+def _take_source_rows(rows: range, batch: int, device) -> torch.Tensor:
+    """Row index of the whole batch with every target row of `rows` pointing at its source row: one index_select
+    gives the target rows the source's q (or k) and leaves the other rows as they are."""
+    take = list(range(batch))
+    for r in list(rows)[1::2]:
+        take[r] = r - 1
+    return torch.tensor(take, dtype=torch.int64, device=device)
 
 
 EDIT = EditProcessor()
