@@ -229,3 +229,17 @@ def test_clear_errors(pack, node, pipeline, sd1_hrv, official_dir):
     edited, positive, _ = edit(node, pipeline, sd1_hrv, "a blue car", "a red car")
     with pytest.raises(RuntimeError, match="1 row.* LATENT output of HRV Prompt Edit"):
         ksampler(edited, positive, encode(clip, ""), {"samples": torch.zeros(1, 4, 8, 8)})
+
+
+def test_sampler_custom_advanced_with_a_karras_schedule(node, pipeline, sd1_hrv):
+    """The other way users sample: RandomNoise + CFGGuider + KSamplerSelect + BasicScheduler -> SamplerCustomAdvanced."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as custom
+    model, clip = pipeline
+    edited, positive, latent = edit(node, pipeline, sd1_hrv, "a blue car", "a blue car")
+    guider = custom.CFGGuider.execute(edited, positive, encode(clip, ""), CFG)[0]
+    sigmas = custom.BasicScheduler.execute(edited, "karras", STEPS, 1.0)[0]
+    for name in ("euler_ancestral", "dpmpp_2m_sde"):
+        out = custom.SamplerCustomAdvanced.execute(custom.RandomNoise.execute(SEED)[0], guider,
+                                                   comfy.samplers.sampler_object(name), sigmas, latent)[0]["samples"]
+        assert torch.equal(out[0], out[1]), name
