@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from ..hrv.attention import attach_request, install_core
 from ..hrv.edit.align import MODES, AlignmentError
-from ..hrv.edit.encode import NO_CONCEPT, EditError, EditSettings, edit_request, encode_pair
-from ..hrv.edit.processor import EDIT, blend_layers, self_attention_layers
-from ..hrv.edit.request import BLEND_THRESHOLD, FEATURE
-from ..hrv.edit.sampling import install_sampling_wrappers
+from ..hrv.edit.encode import NO_CONCEPT, EditError, EditSettings, prompt_edit
+from ..hrv.edit.request import BLEND_THRESHOLD
 from ..hrv.steering.factors import SteeringError
 from .hrv_folders import concept_choices
 from .steering_nodes import _check_architecture, _check_hrv
@@ -18,15 +15,6 @@ from .steering_nodes import _check_architecture, _check_hrv
 log = logging.getLogger("hrv.nodes.edit")
 
 EDITED_MAP_CHOICES = {"source map (P2P)": "source", "own map (authors' code)": "own"}
-
-
-def pair_latent(width: int, height: int, pairs: int) -> dict:
-    """An empty latent of 2 * pairs rows whose rows 2p and 2p + 1 share their noise (batch_index p, p)."""
-    import torch
-
-    import comfy.model_management
-    samples = torch.zeros([2 * pairs, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device())
-    return {"samples": samples, "batch_index": [p for p in range(pairs) for _ in range(2)]}
 
 
 class HRVPromptEdit:
@@ -109,18 +97,14 @@ class HRVPromptEdit:
         settings = EditSettings(mode, concept, float(hrv_strength), float(cross_replace), float(self_replace),
                                 EDITED_MAP_CHOICES[edited_word_map], reweight_words, float(reweight_factor),
                                 local_blend_words, float(local_blend_threshold))
-        unet = model.get_model_object("diffusion_model")
         try:
-            conditioning, length = encode_pair(clip, source_text, target_text)
-            request = edit_request(clip, hrv, source_text, target_text, settings, length,
-                                   self_attention_layers(unet), blend_layers(unet))
+            edited, conditioning, latent, request = prompt_edit(model, clip, hrv, source_text, target_text, settings,
+                                                                width, height, pairs)
         except (EditError, AlignmentError, SteeringError, ValueError) as e:
             raise ValueError(f"HRV Prompt Edit: {e}") from None
         for label in request.labels:
             log.info("HRV Prompt Edit: %s", label)
-        edited = install_core(model, [EDIT])
-        install_sampling_wrappers(edited)
-        return (edited, attach_request(conditioning, FEATURE, request), pair_latent(int(width), int(height), int(pairs)))
+        return (edited, conditioning, latent)
 
 
 NODE_CLASS_MAPPINGS = {"HRVPromptEdit": HRVPromptEdit}

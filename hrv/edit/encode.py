@@ -129,3 +129,27 @@ def edit_request(clip, hrv, source_text: str, target_text: str, settings: EditSe
                            frozenset(self_keys), merge_scales(scales, reweight), blend, tuple(labels))
     except WordPositionError as e:
         raise EditError(str(e)) from None
+
+
+def pair_latent(width: int, height: int, pairs: int) -> dict:
+    """An empty LATENT of 2 * pairs rows whose rows 2p and 2p + 1 share their noise (batch_index p, p)."""
+    import comfy.model_management
+    samples = torch.zeros([2 * pairs, 4, height // 8, width // 8], device=comfy.model_management.intermediate_device())
+    return {"samples": samples, "batch_index": [p for p in range(pairs) for _ in range(2)]}
+
+
+def prompt_edit(model, clip, hrv, source_text: str, target_text: str, settings: EditSettings, width: int, height: int,
+                pairs: int = 1):
+    """(model with the edit installed, conditioning of batch 2 carrying the request, latent pair): what HRV Prompt
+    Edit returns. Raises EditError / AlignmentError / ValueError in the user's terms."""
+    from ..attention import attach_request, install_core
+    from .processor import EDIT, blend_layers, self_attention_layers
+    from .request import FEATURE
+    from .sampling import install_sampling_wrappers
+    unet = model.get_model_object("diffusion_model")
+    conditioning, length = encode_pair(clip, source_text, target_text)
+    request = edit_request(clip, hrv, source_text, target_text, settings, length, self_attention_layers(unet),
+                           blend_layers(unet))
+    edited = install_core(model, [EDIT])
+    install_sampling_wrappers(edited)
+    return edited, attach_request(conditioning, FEATURE, request), pair_latent(int(width), int(height), int(pairs)), request
