@@ -29,10 +29,10 @@ class HRVPromptEdit:
     RETURN_NAMES = ("model", "conditioning", "latent")
     OUTPUT_TOOLTIPS = (
         "The model with the editing attention installed; connect it to the sampler.",
-        "Source and target prompts as one conditioning of batch 2, carrying the edit; connect it to the sampler's "
-        "positive input.",
-        "An empty latent of batch 2 (source, target) per pair whose rows share their noise; connect it to the "
-        "sampler's latent_image. Any latent of batch 2, 4, ... works too.")
+        ("Source and target prompts as one conditioning of batch 2, carrying the edit; connect it to the sampler's "
+         "positive input."),
+        ("An empty latent of batch 2 (source, target) per pair whose rows share their noise; connect it to the "
+         "sampler's latent_image. Any latent of batch 2, 4, ... works too."))
 
     @classmethod
     def INPUT_TYPES(cls):

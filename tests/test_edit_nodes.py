@@ -235,7 +235,7 @@ def test_sampler_custom_advanced_with_a_karras_schedule(node, pipeline, sd1_hrv)
     """The other way users sample: RandomNoise + CFGGuider + KSamplerSelect + BasicScheduler -> SamplerCustomAdvanced."""
     import comfy.samplers
     import comfy_extras.nodes_custom_sampler as custom
-    model, clip = pipeline
+    _, clip = pipeline
     edited, positive, latent = edit(node, pipeline, sd1_hrv, "a blue car", "a blue car")
     guider = custom.CFGGuider.execute(edited, positive, encode(clip, ""), CFG)[0]
     sigmas = custom.BasicScheduler.execute(edited, "karras", STEPS, 1.0)[0]

@@ -142,6 +142,11 @@ class _Plan:
             self.blend_scale = scale.to(device)                                                 # [T, H]
 
 
+def _halved_twice(n: int) -> int:
+    """A side after two of the UNet's stride-2 downsamplings (each rounds up)."""
+    return ((n + 1) // 2 + 1) // 2
+
+
 def _positive(call: AttnCall, chunk: Chunk) -> bool:
     kinds = call.extra_options.get("cond_or_uncond")
     return not kinds or chunk.index >= len(kinds) or kinds[chunk.index] == 0
@@ -247,7 +252,7 @@ class EditProcessor:
         queries = q.shape[1]
         if not shape or len(shape) != 4:
             raise EditRuntimeError("local blend needs a UNet that reports its latent shape (SD1.x, SDXL)")
-        h, w = -(-(-(-shape[2] // 2)) // 2), -(-(-(-shape[3] // 2)) // 2)
+        h, w = _halved_twice(shape[2]), _halved_twice(shape[3])
         if h * w != queries:
             raise EditRuntimeError(f"local blend: a {queries}-token map does not fit the {shape[2]}x{shape[3]} latent "
                                    "a quarter across; local blend needs the latent of HRV Prompt Edit without area "
