@@ -43,6 +43,14 @@ def info(args):
     print(json.dumps(load(args.file).summary(), indent=2))
 
 
+def eval_command(args):
+    from .eval import edit_bench
+    {"edit": edit_bench.run}[args.eval_command](args)
+
+
+COMMANDS["eval"] = eval_command
+
+
 def parser() -> argparse.ArgumentParser:
     from .format.official import PACK_DIR
     import os
@@ -60,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-timestep", action="store_true", help="export the per-timestep HRVs [steps, concepts, heads]")
     s = sub.add_parser("info", help="print a JSON summary of an HRV file")
     s.add_argument("file")
+    from .eval import edit_bench
+    s = sub.add_parser("eval", help="benchmarks of the paper's applications (eval edit: image editing)")
+    edit_bench.add_parser(s.add_subparsers(dest="eval_command", required=True))
     build_cli.add_parsers(sub)
     return p
 

@@ -65,3 +65,26 @@ def concept_choices() -> list[str]:
                 seen.add(concept.lower())
                 names.append(concept)
     return names
+
+
+CLIP_FOLDER = "hrv_clip"
+CLIP_EXTENSIONS = {".safetensors", ".bin", ".pt", ".pth"}
+
+
+def clip_filenames() -> list[str]:
+    """OpenCLIP weight files in models/hrv_clip/ (for HRV CLIP Score)."""
+    import folder_paths
+    if CLIP_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[CLIP_FOLDER] = ([os.path.join(folder_paths.models_dir, CLIP_FOLDER)],
+                                                            set(CLIP_EXTENSIONS))
+    return folder_paths.get_filename_list(CLIP_FOLDER)
+
+
+def clip_path(name: str) -> str:
+    import folder_paths
+    clip_filenames()
+    path = folder_paths.get_full_path(CLIP_FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(f"OpenCLIP weights {name!r} not found in models/{CLIP_FOLDER}/: put the file there "
+                                "(the paper's: open_clip_pytorch_model.bin of laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
+    return path

@@ -121,6 +121,8 @@ def test_chunks_follow_uuids_not_positions_and_words_sharing_a_token_multiply():
     assert (out.double() - expected).abs().max().item() <= 1e-5
     plain_out = fused_attention(kernels()["basic"])(q, k, v, {"n_heads": 8})
     assert torch.equal(out[2:4], plain_out[2:4])
+    # Chunk.index is the chunk's number in the call (it indexes cond_or_uncond), not its rank among requesting chunks.
+    assert [(c.index, c.rows) for c in run.chunks_for([plain, b, a], 6)[0][1]] == [(1, slice(2, 4)), (2, slice(4, 6))]
 
 
 def test_repeated_context_is_steered_with_the_conditionings_own_period():
@@ -230,3 +232,73 @@ def test_install_covers_every_transformer_chains_and_is_idempotent():
     q, k, v = qkv(1, 4, 8, 2)
     attn2[("input", 1, 0)](q, k, v, {"n_heads": 8})
     assert other_calls == [1]
+
+
+class SelfAttentionProbe:
+    """A processor with every optional hook: asks for attn1 of two transformers, swaps q/k of its chunk's rows
+    in self-attention, and adds a term computed with call.attention to the cross-attention output."""
+    feature = "probe"
+
+    def __init__(self, keys):
+        self.keys, self.seen = keys, []
+
+    def self_attention_keys(self, diffusion_model):
+        return self.keys
+
+    def process(self, call, q, k, v, chunks):
+        self.seen.append(("attn2", call.key))
+        rows = chunks[0].rows
+        call.state["extra"] = call.attention(q[rows], k[rows], torch.zeros_like(v[rows]) + 1.0)
+        return q, k, v
+
+    def process_self(self, call, q, k, v, chunks):
+        assert call.self_attention
+        self.seen.append(("attn1", call.key))
+        rows = chunks[0].rows
+        return q.flip(0) if rows == slice(0, q.shape[0]) else q, k, v
+
+    def process_output(self, call, out, chunks):
+        if call.self_attention:
+            return out
+        out = out.clone()
+        out[chunks[0].rows] += call.state["extra"]
+        return out
+
+
+def test_self_attention_hooks_install_chain_and_run_only_where_asked():
+    from harness.comfy_models import model_patcher
+    model = model_patcher("sd1", "tiny")
+    probe = SelfAttentionProbe([("input", 7, 0), ("middle", 0, 0)])
+    other_calls = []
+
+    def other_attn1(q, k, v, extra_options):
+        other_calls.append(1)
+        return v
+
+    before = model.clone()
+    before.set_model_attn1_replace(other_attn1, "middle", 0, 0)
+    plain = install_core(before)
+    assert plain.model_options["transformer_options"]["patches_replace"]["attn1"] == {("middle", 0, 0): other_attn1}
+    m = install_core(plain, [probe])
+    again = install_core(m)
+    attn1 = again.model_options["transformer_options"]["patches_replace"]["attn1"]
+    assert set(attn1) == {("input", 7, 0), ("middle", 0, 0)}
+    assert attn1[("middle", 0, 0)].hrv_inner is other_attn1
+    assert attn1[("input", 7, 0)] is m.model_options["transformer_options"]["patches_replace"]["attn1"][("input", 7, 0)]
+    assert "attn1" not in model.model_options["transformer_options"].get("patches_replace", {})
+
+    cond = uuid.uuid4()
+    run = RunState({"probe": probe}, {"positive": [{"uuid": cond, COND_KEY: {"probe": True}}]}, FakeSampling())
+    q, k, v = qkv(2, 16, 8, 4, context=16, seed=4)
+    options = extra(run, 8, 4, [cond])
+    out1 = attn1[("input", 7, 0)](q, k, v, dict(options))
+    expected1 = fused_attention(kernels()["basic"])(q.flip(0), k, v, {"n_heads": 8})
+    assert (out1 - expected1).abs().max().item() <= 1e-5
+    attn1[("middle", 0, 0)](q, k, v, dict(options))
+    assert other_calls == [1]
+    q2, k2, v2 = qkv(2, 16, 8, 4, seed=5)
+    attn2 = again.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
+    out2 = attn2(q2, k2, v2, dict(options))
+    plain_out = fused_attention(kernels()["basic"])(q2, k2, v2, {"n_heads": 8})
+    assert (out2 - (plain_out + 1.0)).abs().max().item() <= 1e-5        # attention rows sum to one: the term adds 1
+    assert probe.seen == [("attn1", ("input", 7, 0)), ("attn1", ("middle", 0, 0)), ("attn2", ("input", 1, 0))]

@@ -5,7 +5,9 @@
 the guider's conditionings. Features attach a request to a CONDITIONING entry (`attach_request`); during
 sampling the core maps each batch chunk of every attn2 call to its conditioning (chunks.py, through the
 uuids ComfyUI names per chunk) and hands the chunks that carry a feature's request to that feature's
-processor. Processors say what they do to q, k, v; the fused attention kernel still runs.
+processor. Processors say what they do to q, k, v; the fused attention kernel still runs. A processor that
+asks for the self-attention (attn1) of some transformers gets the core there too (`process_self`), and one that
+adds a term to an attention's output does it in `process_output` with `AttnCall.attention` (the fused kernel).
 """
 from .adapter import fused_attention
 from .chunks import Chunk

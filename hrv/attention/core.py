@@ -1,4 +1,8 @@
-"""Installing the attention core on a ModelPatcher clone, and the per-run wrapper that feeds it."""
+"""Installing the attention core on a ModelPatcher clone, and the per-run wrapper that feeds it.
+
+Every cross-attention (attn2) gets the core; a self-attention (attn1) gets it only where an installed processor asks
+for that transformer (`self_attention_keys`), so models without such a processor run attn1 untouched.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,6 +10,7 @@ from typing import Iterable
 
 from ..format.layout import cross_attention_modules
 from .adapter import fused_attention, installed_replacement
+from .processor import self_attention_keys
 from .run import ACTIVE_KEY, RunState
 
 log = logging.getLogger("hrv.attention")
@@ -17,29 +22,41 @@ WRAPPER_KEY = "hrv"
 class CoreHolder:
     """The processors installed on a model, kept in its transformer_options; clones share the processors."""
 
-    def __init__(self, processors=None, keys=()):
+    def __init__(self, processors=None, keys=(), fused=None):
         self.processors = dict(processors or {})
         self.keys = list(keys)
+        self.fused = fused          # ComfyUI's fused attention in the replacement signature, for processors' extra terms
 
     def clone(self) -> "CoreHolder":
-        return CoreHolder(self.processors, self.keys)
+        return CoreHolder(self.processors, self.keys, self.fused)
 
 
 def is_core_fn(fn) -> bool:
     return getattr(fn, "hrv_core", False) is True
 
 
-def make_core_fn(key: tuple, inner, inner_source: str):
-    """The attn2 replacement of one transformer: the run's processors, then `inner` (what was there before)."""
-    def hrv_core_attn2(q, k, v, extra_options):
+def make_core_fn(key: tuple, inner, inner_source: str, self_attention: bool = False):
+    """The attn2 (or attn1) replacement of one transformer: the run's processors, then `inner` (what was there before)."""
+    def hrv_core_attention(q, k, v, extra_options):
         run = extra_options.get(CORE_KEY)
         if type(run) is not RunState or ACTIVE_KEY in extra_options:
             return inner(q, k, v, extra_options)
-        return run.attend(key, q, k, v, extra_options, inner, inner_source)
-    hrv_core_attn2.hrv_core = True
-    hrv_core_attn2.hrv_inner = inner
-    hrv_core_attn2.hrv_inner_source = inner_source
-    return hrv_core_attn2
+        return run.attend(key, q, k, v, extra_options, inner, inner_source, self_attention=self_attention)
+    hrv_core_attention.hrv_core = True
+    hrv_core_attention.hrv_inner = inner
+    hrv_core_attention.hrv_inner_source = inner_source
+    return hrv_core_attention
+
+
+def _install(m, kind: str, keys, default) -> None:
+    """The core on `keys` of the attn1 or attn2 replacements of clone `m`, wrapping what each transformer runs now."""
+    existing = m.model_options["transformer_options"].get("patches_replace", {}).get(kind, {})
+    setter = m.set_model_attn1_replace if kind == "attn1" else m.set_model_attn2_replace
+    for key in keys:
+        fn, source = installed_replacement(existing, key)
+        if source == "transformer" and is_core_fn(fn):
+            continue
+        setter(make_core_fn(key, fn or default, source, self_attention=kind == "attn1"), *key)
 
 
 def install_core(model, processors: Iterable = (), optimized_attention=None):
@@ -61,14 +78,13 @@ def install_core(model, processors: Iterable = (), optimized_attention=None):
     if not keys:
         raise ValueError("this model has no UNet cross-attention (HRV works on SD1.x and SDXL checkpoints)")
     holder.keys = keys
-    options[CORE_KEY] = holder
-    existing = options.get("patches_replace", {}).get("attn2", {})
     default = fused_attention(optimized_attention)
-    for key in keys:
-        fn, source = installed_replacement(existing, key)
-        if source == "transformer" and is_core_fn(fn):
-            continue
-        m.set_model_attn2_replace(make_core_fn(key, fn or default, source), *key)
+    holder.fused = holder.fused or default
+    options[CORE_KEY] = holder
+    _install(m, "attn2", keys, default)
+    diffusion_model = m.get_model_object("diffusion_model")
+    self_keys = sorted({key for p in holder.processors.values() for key in self_attention_keys(p, diffusion_model)})
+    _install(m, "attn1", self_keys, default)
     wrappers = comfy.patcher_extension.WrappersMP
     for kind, wrapper in ((wrappers.OUTER_SAMPLE, outer_sample_wrapper), (wrappers.CALC_COND_BATCH, calc_cond_batch_wrapper)):
         if not m.get_wrappers(kind, WRAPPER_KEY):
@@ -87,7 +103,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options = comfy.model_patcher.create_model_options_clone(original)
     attn2 = options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     run = RunState(holder.processors, getattr(guider, "conds", None),
-                   guider.model_patcher.get_model_object("model_sampling"), attn2, holder.keys)
+                   guider.model_patcher.get_model_object("model_sampling"), attn2, holder.keys, fused=holder.fused)
     options["transformer_options"][CORE_KEY] = run
     guider.model_options = options
     try:

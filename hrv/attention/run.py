@@ -34,8 +34,9 @@ def core_entries(conds: Mapping[str, list] | None) -> dict[Any, CondEntry]:
 
 class RunState:
     def __init__(self, processors: Mapping[str, Any], conds: Mapping[str, list] | None, model_sampling=None,
-                 attn2_replacements: Mapping | None = None, keys=()):
+                 attn2_replacements: Mapping | None = None, keys=(), fused=None):
         self.processors = dict(processors)
+        self._fused = fused                # ComfyUI's fused attention fn(q, k, v, extra_options), see AttnCall.attention
         self.entries = core_entries(conds)
         self.model_sampling = model_sampling
         self.cache: dict = {}              # processors' per-run caches
@@ -68,6 +69,15 @@ class RunState:
                 override[key] = block_fn
         return shadowed, override
 
+    @property
+    def fused(self):
+        if self._fused is None:
+            from comfy.ldm.modules.attention import optimized_attention
+
+            from .adapter import fused_attention
+            self._fused = fused_attention(optimized_attention)
+        return self._fused
+
     def percent_to_sigma(self, percent: float) -> float:
         if self.model_sampling is None:
             return float("inf") if percent <= 0 else 0.0
@@ -92,7 +102,8 @@ class RunState:
         found = self._chunks.get(key)
         if found is None:
             by_feature: dict[str, list[Chunk]] = {}
-            for index, (rows, uuid, entry) in enumerate(split_chunks(uuids, batch, self.entries)):
+            for rows, uuid, entry in split_chunks(uuids, batch, self.entries):
+                index = rows.start // (rows.stop - rows.start)      # the chunk's number in the call, requests or not
                 for feature, request in entry.requests.items():
                     if feature in self.processors:
                         by_feature.setdefault(feature, []).append(Chunk(index, rows, request, entry.context_length, uuid))
@@ -102,22 +113,34 @@ class RunState:
             self._chunks[key] = found
         return found
 
-    def attend(self, key, q, k, v, extra_options: dict, inner, inner_source: str):
-        self.ran.add(key)
-        if inner_source != "transformer":
+    def attend(self, key, q, k, v, extra_options: dict, inner, inner_source: str, self_attention: bool = False):
+        if not self_attention:
+            self.ran.add(key)
+        if inner_source != "transformer" and not self_attention:
             inner = self.inner_override.get(key, inner)
+        hook = "process_self" if self_attention else "process"
+        done = []
         uuids = call_uuids(extra_options, self.borrowed)
         if uuids and self.entries:
             work = self.chunks_for(uuids, q.shape[0])
             if work:
-                call = AttnCall(key, extra_options, self)
+                call = AttnCall(key, extra_options, self, self_attention)
                 for feature, chunks in work:
-                    q, k, v = self.processors[feature].process(call, q, k, v, chunks)
+                    processor = self.processors[feature]
+                    process = getattr(processor, hook, None)
+                    if process is not None:
+                        q, k, v = process(call, q, k, v, chunks)
+                        done.append((processor, chunks))
         extra_options[ACTIVE_KEY] = True
         try:
-            return inner(q, k, v, extra_options)
+            out = inner(q, k, v, extra_options)
         finally:
             extra_options.pop(ACTIVE_KEY, None)
+        for processor, chunks in reversed(done):
+            finish = getattr(processor, "process_output", None)
+            if finish is not None:
+                out = finish(call, out, chunks)
+        return out
 
     def finish(self) -> None:
         skipped = [k for k in self.shadowed if k not in self.ran]

@@ -162,3 +162,39 @@ def cross_attention_modules(diffusion_model) -> dict[tuple[str, int, int], objec
             if attn2 is not None:
                 found[(name, block_id, index)] = attn2
     return found
+
+
+
+def _resampling(layer) -> int:
+    """+1 for a layer that halves the resolution (Downsample, or a ResBlock with down=True), -1 for one that doubles it."""
+    name = type(layer).__name__
+    if name == "ResBlock" and getattr(layer, "updown", False):
+        name = type(getattr(layer, "h_upd", None)).__name__
+    return {"Downsample": 1, "Upsample": -1}.get(name, 0)
+
+
+def attention_levels(diffusion_model) -> dict[tuple[str, int, int], int]:
+    """{transformer key: how many times the UNet has halved the latent's resolution where it runs}.
+
+    SD1.x: 0 (64x64 at 512 px), 1, 2 (16x16) and 3 (the 8x8 middle block); SDXL: 1 and 2 (64x64 and 32x32 at 1024 px).
+    A layer that resamples after its transformers (Downsample, Upsample) changes the level for the next block.
+    """
+    levels, level = {}, 0
+
+    def walk(name, block_id, blk):
+        nonlocal level
+        index = 0
+        for layer in blk:
+            for transformer in getattr(layer, "transformer_blocks", []):
+                if getattr(transformer, "attn2", None) is not None:
+                    levels[(name, block_id, index)] = level
+                index += 1
+            level += _resampling(layer)
+
+    for i, blk in enumerate(getattr(diffusion_model, "input_blocks", [])):
+        walk("input", i, blk)
+    if getattr(diffusion_model, "middle_block", None) is not None:
+        walk("middle", 0, diffusion_model.middle_block)
+    for i, blk in enumerate(getattr(diffusion_model, "output_blocks", [])):
+        walk("output", i, blk)
+    return levels

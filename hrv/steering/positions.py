@@ -51,30 +51,49 @@ def _tokenize(clip, text: str) -> dict:
     return out
 
 
-def token_stream(clip, text: str) -> TokenStream:
+@dataclass(frozen=True)
+class ContextTokens:
+    """Every position of an encoded prompt's context, special tokens (start, end, padding) included."""
+    keys: tuple            # comparable key of the token at every position
+    semantic: tuple        # bool per position: a token of the prompt's text
+    chunks: tuple          # length of each chunk (ComfyUI encodes > 77 tokens as several 77-token chunks)
+
+    @property
+    def context_length(self) -> int:
+        return len(self.keys)
+
+    def stream(self) -> TokenStream:
+        positions = tuple(p for p, s in enumerate(self.semantic) if s)
+        return TokenStream(tuple(self.keys[p] for p in positions), positions, len(self.keys))
+
+
+def context_tokens(clip, text: str) -> ContextTokens:
+    """The tokens of every context position of the prompt as ComfyUI encodes it (its CLIP-L stream on SDXL)."""
     out = _tokenize(clip, text)
     specials = None
-    streams = {}
+    found = {}
     for name, chunks in out.items():
-        keys, positions, position = [], [], 0
+        keys, semantic = [], []
         for chunk in chunks:
             for entry in chunk:
                 if len(entry) >= 3:
-                    semantic = entry[2] != 0
+                    is_word = entry[2] != 0
                 else:  # a CLIP wrapper without word ids: start/end/padding are what an empty prompt consists of
                     if specials is None:
                         specials = {n: {_token_key(e[0]) for c in cs for e in c} for n, cs in _tokenize(clip, "").items()}
-                    semantic = _token_key(entry[0]) not in specials.get(name, ())
-                if semantic:
-                    keys.append(_token_key(entry[0]))
-                    positions.append(position)
-                position += 1
-        streams[name] = TokenStream(tuple(keys), tuple(positions), position)
-    lengths = {n: s.context_length for n, s in streams.items()}
+                    is_word = _token_key(entry[0]) not in specials.get(name, ())
+                keys.append(_token_key(entry[0]))
+                semantic.append(bool(is_word))
+        found[name] = ContextTokens(tuple(keys), tuple(semantic), tuple(len(c) for c in chunks))
+    lengths = {n: c.context_length for n, c in found.items()}
     if len(set(lengths.values())) != 1:
         raise WordPositionError(f"the text encoders disagree on the prompt's length ({lengths}); this CLIP is "
                                 "not supported")
-    return streams["l"] if "l" in streams else streams[sorted(streams)[0]]
+    return found["l"] if "l" in found else found[sorted(found)[0]]
+
+
+def token_stream(clip, text: str) -> TokenStream:
+    return context_tokens(clip, text).stream()
 
 
 def _common_prefix(a: tuple, b: tuple) -> int:

@@ -1,0 +1,1 @@
+"""Evaluation helpers: CLIP image-text similarity (clip_score.py)."""
