@@ -39,6 +39,7 @@ class RunState:
         self.entries = core_entries(conds)
         self.model_sampling = model_sampling
         self.cache: dict = {}              # processors' per-run caches
+        self.output = None                 # the sampled latent, set when the run completes (end_run sees it)
         self.ran: set = set()              # transformers where the core ran
         self._chunks: dict = {}
         self.shadowed, self.inner_override = self._inspect_replacements(attn2_replacements or {}, keys)
