@@ -90,7 +90,10 @@ def test_recorder_is_bit_identical_to_unpatched_sampling(pack, pipeline, sd1_hrv
     assert torch.equal(recorded, plain)
     pos, neg = map_of(positive).holder.find(recorded), map_of(negative).holder.find(recorded)
     assert pos.batch == neg.batch == 2 and pos.latent_hw == (8, 8) and pos.words == ["rose-colored", "car"]
-    assert pos.per_head is None and neg.per_head is not None        # fixed concept / auto (every head apart)
+    assert sum(h.numel() for h, _ in pos.maps.values()) == 32     # fixed concept: only its top 32 heads recorded
+    assert sum(h.numel() for h, _ in neg.maps.values()) == 128    # auto: every head apart
+    with pytest.raises(ValueError, match="recorded for 32 heads only"):
+        pos.latent_maps(torch.ones(128))
     assert pos.latent_maps().shape == (2, 2, 8, 8) and neg.latent_maps().shape == (2, 1, 8, 8)
     steps_recorded = {int(c) for c in pos.calls[pos.calls > 0]}
     assert steps_recorded == {2} and set(neg.calls.tolist()) == {1}           # the gate skips the first step

@@ -1,6 +1,7 @@
 """The map and Attend-and-Excite nodes in ComfyUI's own executor (inference mode, cache) on the random SD1.5
 checkpoint: maps reach the render node through the conditioning, re-runs with a new seed or a new threshold read the
 right run, and Attend-and-Excite gets its gradients from weights loaded under inference mode."""
+import json
 import os
 
 import pytest
@@ -85,3 +86,31 @@ def test_attend_and_excite_runs_in_the_executor(workflows):
     request = result.values["3"][1][0][0][1]["hrv_requests"]["ae"]
     (record,) = request.runs[-1]
     assert record.step == 0 and record.update_norm > 0 and len(result.images) == 1
+
+
+def test_example_generators_build_valid_workflows_and_the_heatmap_one_runs(workflows):
+    import asyncio
+    import importlib.util
+
+    import execution
+    from harness.ui_builder import UIWorkflow
+    from hrv.comfy_host import PACK_DIR
+    from scripts.demo.__main__ import point_at_checkpoint
+    from scripts.demo.checkpoint import DEFAULT_NAME
+    spec = importlib.util.spec_from_file_location("maps_examples", os.path.join(PACK_DIR, "scripts",
+                                                                                "example_workflows_maps.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    small = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2}}
+    for name, build in module.EXAMPLES.items():
+        wf = UIWorkflow(workflows.object_info())
+        build(wf)
+        prompt = workflows.ui_to_api(json.loads(json.dumps(wf.to_json(name))), workflows.object_info())
+        point_at_checkpoint(prompt, DEFAULT_NAME)
+        valid = asyncio.run(execution.validate_prompt(name, prompt, None))
+        assert valid[0], (name, valid[1], valid[3])
+        if name == "attention_heatmap":
+            for node in prompt.values():
+                node["inputs"].update(small.get(node["class_type"], {}))
+            result = workflows.run_prompt(prompt)
+            assert len(result.images) == 2          # one picture per mapped word (dog, hat)

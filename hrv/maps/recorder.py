@@ -1,10 +1,10 @@
 """Attention maps recorded as a processor of the attention core, on the side of the fused kernel.
 
-For the chunks of the conditioning that carries a MapRequest, and only for the heads with a weight, this computes
-softmax_t(q_h k_h^T / sqrt(d)) over all the context keys, keeps the columns of the requested words' tokens (a word's
-tokens averaged; a context that ComfyUI repeated to a longer one batched with it is summed over its repeats, which
-gives the unrepeated attention), and adds them into per-run accumulators: per resolution when the head weights are
-known (sum_h w_h A_h), per head when they are not (auto concept). Nothing is stored per step. q, k, v go on to the
+For the chunks of the conditioning that carries a MapRequest, and only for the heads with a weight (every head for
+the auto concept), this computes softmax_t(q_h k_h^T / sqrt(d)) over all the context keys, keeps the columns of the
+requested words' tokens (a word's tokens averaged; a context that ComfyUI repeated to a longer one batched with it is
+summed over its repeats, which gives the unrepeated attention; one matrix product does both) and adds them into
+per-run, per-head accumulators of the layer's size. Nothing is stored per step; the head weights apply at read-out. q, k, v go on to the
 inner attention unchanged, so the image is the one sampled without the recorder, bit for bit.
 
 At the end of the run (end_run) the accumulators move to the CPU into the request's MapHolder, tagged with a digest of
@@ -53,7 +53,7 @@ def latent_shape(extra_options: dict, fallback: tuple[int, int]) -> tuple[int, i
 
 
 class _Plan:
-    """Per request, transformer, context length and device: which heads, their weights, which token columns."""
+    """Per request, transformer, context length and device: which heads, and the token-averaging matrix."""
 
     def __init__(self, request: MapRequest, key, heads: int, context: int, period: int, device):
         try:
@@ -68,40 +68,29 @@ class _Plan:
         if context % period:
             raise MapError(f"the cross-attention context has {context} tokens, not a multiple of the {period} tokens "
                            "of the mapped conditioning")
-        self.block = block
         weights = request.record_weights
-        if weights is None:
-            self.heads = torch.arange(heads, device=device)
-            self.weights = None
-        else:
-            w = weights[block.columns]
-            chosen = torch.nonzero(w != 0).flatten()
-            self.heads = chosen.to(device)
-            self.weights = w[chosen].to(device)
-        self.columns = self.heads + block.first_column
-        self.columns_cpu = self.columns.cpu()
-        cols, owner = [], []
+        chosen = torch.arange(heads) if weights is None else torch.nonzero(weights[block.columns] != 0).flatten()
+        self.heads_cpu = chosen
+        self.columns_cpu = chosen + block.first_column
+        self.all_heads = chosen.numel() == heads
+        self.heads = chosen.to(device)
+        # [T, words]: the mean over a word's tokens, summed over the repeats of a context ComfyUI repeated.
+        average = torch.zeros(context, len(request.words), dtype=torch.float32)
         for index, word in enumerate(request.words):
             for repeat in range(context // period):
                 for p in word.positions:
-                    cols.append(repeat * period + p)
-                    owner.append((index, 1.0 / len(word.positions)))
-        average = torch.zeros(len(cols), len(request.words), dtype=torch.float32)
-        for row, (index, share) in enumerate(owner):
-            average[row, index] = share
-        self.token_columns = torch.tensor(cols, dtype=torch.int64, device=device)
+                    average[repeat * period + p, index] += 1.0 / len(word.positions)
         self.average = average.to(device)
+        self.hw = self.latent_hw = None        # the layer's (h, w) and the latent's, read from the first call
 
 
 class RunAccumulator:
-    """One request's sums during one sampling run, on the sampling device."""
+    """One request's sums during one sampling run, on the sampling device: per transformer, float32
+    [B, chosen heads, h*w, words]."""
 
     def __init__(self, request: MapRequest):
         self.request = request
-        self.weighted: dict = {}        # (h, w) -> float32 [B, words, h*w]
-        self.per_head: dict = {}        # attn2 key -> float32 [B, heads, words, h*w]
-        self.shapes: dict = {}          # attn2 key -> (h, w)
-        self.mass = None                # float32 [B, H, words]
+        self.sums: dict = {}            # attn2 key -> (plan, (h, w), float32 [B, k, h*w, words])
         self.calls = torch.zeros(request.layout.num_heads, dtype=torch.int64)   # per head, on the CPU
         self.latent_hw = None
         self.batch = None
@@ -110,51 +99,45 @@ class RunAccumulator:
         b, n, channels = q.shape
         context = k.shape[1]
         d = channels // heads
-        words = plan.average.shape[1]
         if self.batch is None:
             self.batch, self.latent_hw = b, latent_hw
-            self.mass = torch.zeros(b, self.request.layout.num_heads, words, dtype=torch.float32, device=q.device)
         elif b != self.batch:
             raise MapError(f"the mapped conditioning came with {b} images in one call and {self.batch} in another; "
                            "sample one batch size per run")
+        entry = self.sums.get(key)
         chosen = plan.heads.numel()
-        qh = q.reshape(b, n, heads, d).index_select(2, plan.heads).permute(0, 2, 1, 3) * (d ** -0.5)   # [b, k, n, d]
-        kt = k.reshape(b, context, heads, d).index_select(2, plan.heads).permute(0, 2, 3, 1)          # [b, k, d, T]
+        if entry is None:
+            entry = self.sums[key] = (plan, hw, torch.zeros(b, chosen, n, plan.average.shape[1], dtype=torch.float32,
+                                                            device=q.device))
+        acc = entry[2].view(-1, plan.average.shape[1])
+        qh = q.reshape(b, n, heads, d)
+        kh = k.reshape(b, context, heads, d)
+        if not plan.all_heads:
+            qh, kh = qh.index_select(2, plan.heads), kh.index_select(2, plan.heads)
+        qh = qh.transpose(1, 2)                                                   # [b, k, n, d]
+        kt = kh.permute(0, 2, 3, 1) * (d ** -0.5)                                 # [b, k, d, T]
         budget = MAX_SCORE_ELEMENTS.get(q.device.type, MAX_SCORE_ELEMENTS_DEFAULT)
         step = max(1, budget // max(1, b * chosen * context))
-        if plan.weights is not None:
-            acc = self.weighted.get(hw)
-            if acc is None:
-                acc = self.weighted[hw] = torch.zeros(b, words, n, dtype=torch.float32, device=q.device)
+        if step >= n:
+            probs = torch.matmul(qh, kt).softmax(-1, dtype=torch.float32)       # [b, k, n, T]
+            acc.addmm_(probs.view(-1, context), plan.average)                    # + the words' columns, tokens averaged
         else:
-            acc = self.per_head.get(key)
-            if acc is None:
-                acc = self.per_head[key] = torch.zeros(b, chosen, words, n, dtype=torch.float32, device=q.device)
-                self.shapes[key] = hw
-        mass = torch.zeros(b, chosen, words, dtype=torch.float32, device=q.device)
-        for start in range(0, n, step):
-            probs = torch.matmul(qh[:, :, start:start + step], kt).softmax(-1, dtype=torch.float32)    # [b, k, n', T]
-            target = torch.matmul(probs.index_select(-1, plan.token_columns), plan.average)           # [b, k, n', words]
-            if plan.weights is not None:
-                acc[:, :, start:start + step] += torch.einsum("bknw,k->bwn", target, plan.weights)
-            else:
-                acc[:, :, :, start:start + step] += target.transpose(2, 3)
-            mass += target.sum(2)
-        self.mass.index_add_(1, plan.columns, mass / n)
+            rows = entry[2]
+            for start in range(0, n, step):
+                probs = torch.matmul(qh[:, :, start:start + step], kt).softmax(-1, dtype=torch.float32)
+                rows[:, :, start:start + step] += torch.matmul(probs, plan.average)
         self.calls[plan.columns_cpu] += 1
 
     def finish(self, output) -> RecordedMaps | None:
         if self.batch is None:
             return None
-        calls = self.calls.clone()
+        maps = {}
         with torch.inference_mode(False):
-            def out(t, hw):
-                return t.detach().to("cpu", torch.float32).clone().reshape(*t.shape[:-1], *hw)
-            weighted = {hw: out(t, hw) for hw, t in self.weighted.items()}
-            per_head = {key: out(t, self.shapes[key]) for key, t in self.per_head.items()} or None
-            mass = self.mass.detach().to("cpu").clone()
-        return RecordedMaps(self.request, self.latent_hw, self.batch, weighted, per_head, mass, calls,
-                            latent_fingerprint(output))
+            for key, (plan, (h, w), sums) in self.sums.items():
+                cpu = sums.detach().to("cpu").clone()                             # [B, k, h*w, words]
+                maps[key] = (plan.heads_cpu.clone(), cpu.permute(0, 1, 3, 2).reshape(*cpu.shape[:2], -1, h, w).contiguous())
+            calls = self.calls.clone()
+        return RecordedMaps(self.request, self.latent_hw, self.batch, maps, calls, latent_fingerprint(output))
 
 
 class MapRecorder:
@@ -196,12 +179,14 @@ class MapRecorder:
                 plan = cache[plan_key] = _Plan(request, call.key, heads, k.shape[1], period, q.device)
             if plan.heads.numel() == 0:
                 continue
-            hw = spatial_shape(call.extra_options, q.shape[1])
+            if plan.hw is None or plan.hw[0] * plan.hw[1] != q.shape[1]:
+                plan.hw = spatial_shape(call.extra_options, q.shape[1])
+                plan.latent_hw = latent_shape(call.extra_options, plan.hw)
             acc = accumulators.get(id(request))
             if acc is None:
                 acc = accumulators[id(request)] = RunAccumulator(request)
             with torch.no_grad():
-                acc.add(plan, call.key, q[chunk.rows], k[chunk.rows], heads, hw, latent_shape(call.extra_options, hw))
+                acc.add(plan, call.key, q[chunk.rows], k[chunk.rows], heads, plan.hw, plan.latent_hw)
         return q, k, v
 
     def end_run(self, run) -> None:

@@ -97,20 +97,17 @@ def latent_fingerprint(samples: torch.Tensor | None) -> str | None:
 class RecordedMaps:
     """The accumulated maps of one sampling run, on the CPU.
 
-    weighted: {(h, w): float32 [B, words, h, w]}: sum over steps and layers of that resolution of
-              sum_h w_h A_h[:, word] (A_h: head h's softmax over the context, a word's tokens averaged).
-    per_head: {attn2 key: float32 [B, heads, words, h, w]}: the same per head, kept when the concept is auto.
-    mass:     float32 [B, H, words]: sum over the recorded calls of each head's spatial mean attention to the word;
-    calls:    int64 [H]: how many calls each head was recorded in (mass / calls = the mean over steps).
+    maps:  {attn2 key: (heads, sums)}: heads int64 [k] the recorded heads of that transformer (0..heads-1), sums
+           float32 [B, k, words, h, w] the sum over the recorded steps of A_h[:, word] (A_h: head h's softmax over the
+           context; a word's tokens averaged). Only the heads with a weight are recorded (every head for auto).
+    calls: int64 [H]: how many calls each head was recorded in.
     """
 
-    def __init__(self, request: MapRequest, latent_hw, batch, weighted, per_head, mass, calls, fingerprint):
+    def __init__(self, request: MapRequest, latent_hw, batch, maps, calls, fingerprint):
         self.request = request
         self.latent_hw = tuple(latent_hw)
         self.batch = int(batch)
-        self.weighted = weighted
-        self.per_head = per_head
-        self.mass = mass
+        self.maps = maps
         self.calls = calls
         self.fingerprint = fingerprint
 
@@ -119,8 +116,13 @@ class RecordedMaps:
         return [w.label for w in self.request.words]
 
     def head_mass(self) -> torch.Tensor:
-        """float32 [B, H, words]: each head's attention to each word, spatial mean, mean over the recorded steps."""
-        return self.mass / self.calls.clamp_min(1).to(self.mass.dtype)[None, :, None]
+        """float32 [B, H, words]: each head's attention to each word, mean over image positions and recorded steps
+        (0 for heads not recorded)."""
+        layout = self.request.layout
+        mass = torch.zeros(self.batch, layout.num_heads, len(self.words), dtype=torch.float32)
+        for key, (heads, sums) in self.maps.items():
+            mass[:, heads + layout.block(key).first_column] = sums.mean(dim=(-2, -1))
+        return mass / self.calls.clamp_min(1).to(torch.float32)[None, :, None]
 
     def word_concepts(self) -> list[int] | None:
         """Auto concept of every word (None when the concept was fixed or heads = all)."""
@@ -158,28 +160,28 @@ class RecordedMaps:
         return lines
 
     def latent_maps(self, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """float32 [B, words, Hl, Wl]: the word maps summed over layers and steps on the latent grid.
+        """float32 [B, words, Hl, Wl]: sum over layers, heads and steps of w_h * the head's word map, on the latent grid.
 
-        weights: None = as recorded (or per word by auto concept), else float32 [H] or [words, H] read from the
-        per-head record. Every resolution's sum is up-sampled bicubically to the latent grid (up-sampling is linear,
-        so this equals up-sampling every layer's map at every step and summing, as DAAM does).
+        weights: None = as the request asks (per word by auto concept), else float32 [H] or [words, H]; a weight on a
+        head that was not recorded is an error. Each resolution's sum is up-sampled bicubically to the latent grid
+        (up-sampling is linear, so this equals up-sampling every layer's map at every step and summing, as DAAM does).
         """
-        if weights is None and self.request.record_weights is not None:
-            by_resolution = dict(self.weighted)
-        else:
-            if self.per_head is None:
-                raise MapError("these maps were recorded for fixed heads only; ask for heads = the same selection, or "
-                               "record with concept = auto")
-            weights = self.word_weights() if weights is None else weights
-            weights = weights.to(torch.float32)
-            if weights.dim() == 1:
-                weights = weights[None].expand(len(self.words), -1)
-            by_resolution = {}
-            for key, acc in self.per_head.items():
-                block = self.request.layout.block(key)
-                m = torch.einsum("bhwxy,wh->bwxy", acc, weights[:, block.columns])
-                hw = tuple(acc.shape[-2:])
-                by_resolution[hw] = by_resolution[hw] + m if hw in by_resolution else m
+        weights = self.word_weights() if weights is None else weights.to(torch.float32)
+        if weights.dim() == 1:
+            weights = weights[None].expand(len(self.words), -1)
+        fixed = self.request.record_weights
+        if fixed is not None:
+            unrecorded = torch.nonzero((weights != 0).any(0) & (fixed == 0)).flatten().tolist()
+            if unrecorded:
+                raise MapError(f"these maps were recorded for {int((fixed != 0).sum())} heads only; heads "
+                               f"{unrecorded[:5]} were not: record with concept = auto to read any heads")
+        by_resolution = {}
+        for key, (heads, sums) in self.maps.items():
+            block = self.request.layout.block(key)
+            w = weights[:, block.first_column + heads]                                    # [words, k]
+            m = torch.einsum("bkwxy,wk->bwxy", sums, w)
+            hw = tuple(sums.shape[-2:])
+            by_resolution[hw] = by_resolution[hw] + m if hw in by_resolution else m
         out = torch.zeros(self.batch, len(self.words), *self.latent_hw, dtype=torch.float32)
         for hw, m in by_resolution.items():
             out += upsample(m, self.latent_hw)
