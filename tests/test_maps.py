@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.comfy_models import tokenizer_clip
-from harness.tiny_pipeline import tiny_sd1_model, tiny_sd1_pipeline
+from harness.tiny_pipeline import tiny_sd1_model, tiny_sd1_pipeline, tiny_sdxl_model
 from hrv.attention import attach_request, install_core
 from hrv.comfy_host import import_pack
 from hrv.format.hrv_file import HRV, load
@@ -16,7 +16,6 @@ from hrv.format.layout import cross_attention_modules, known_layout
 from hrv.maps import FEATURE, RECORDER, MapRequest, MapWord, head_weights, top_heads, top_k_count
 from hrv.maps.request import HeadSelection
 from hrv.maps.render import word_masks
-from scripts.demo.unets import init_random_, unet_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,6 +52,18 @@ def clip_text_encode(clip, text):
 
 def map_of(conditioning):
     return conditioning[0][1]["hrv_requests"][FEATURE]
+
+
+def test_nodes_are_registered_with_tooltips_everywhere(pack):
+    categories = {"HRVAttentionMap": "HRV/maps", "HRVAttentionMapRender": "HRV/maps", "HRVDiagnose": "HRV/maps",
+                  "HRVAttendAndExcite": "HRV/sampling"}
+    for node_id, category in categories.items():
+        cls = pack.NODE_CLASS_MAPPINGS[node_id]
+        assert cls.CATEGORY == category and cls.DESCRIPTION and pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("HRV ")
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) and all(cls.OUTPUT_TOOLTIPS)
+        spec = cls.INPUT_TYPES()
+        inputs = {**spec["required"], **spec.get("optional", {})}
+        assert all(len(s) > 1 and s[1].get("tooltip") for s in inputs.values()), node_id
 
 
 # --- head selection --------------------------------------------------------------------------------------------
@@ -111,21 +122,6 @@ def test_maps_follow_the_conditioning_not_the_batch_position(pack, pipeline, sd1
 
 
 # --- the method against a plain implementation -------------------------------------------------------------------
-
-def tiny_sdxl_model(seed=0):
-    """ComfyUI's SDXL model around a tiny UNet of the real layout (1300 heads) whose ADM input fits SDXL's conds."""
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.ops
-    import comfy.supported_models
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    config = dict(unet_config("sdxl", "tiny"), adm_in_channels=2816)
-    base = comfy.model_base.SDXL(comfy.supported_models.SDXL({**config, "disable_unet_model_creation": True}))
-    unet = UNetModel(**config, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
-    base.diffusion_model = init_random_(unet, seed, std=0.05).eval()
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
-
 
 def capturing(model, arch):
     """A clone whose attn2 calls record (key, q, k, extra_options) before the fused attention runs."""

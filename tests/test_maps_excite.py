@@ -229,3 +229,22 @@ def test_schedule_scales_the_reference_steps(pack):
     plan = ae.ExcitePlan.of(ae.ExciteSettings(), 20)
     assert plan.excited == 10 and plan.thresholds == {0: 0.05, 4: 0.5, 8: 0.8}
     assert ae.ExcitePlan.of(ae.ExciteSettings(excite_until=0.0), 20).excited == 0
+
+
+def test_sdxl_excites_with_1300_head_weights(pack, official_dir):
+    from harness.comfy_models import tokenizer_clip
+    from harness.tiny_pipeline import tiny_sdxl_model
+    ae = pack.hrv.ae
+    hrv = pack.hrv.format.hrv_file.load(f"{official_dir}/sdxl_official.safetensors")
+    request = pack.hrv.ae.encode.excite_request(tokenizer_clip("sdxl"), TEXT, SUBJECTS, hrv,
+                                                ae.ExciteSettings(max_refinement=0))
+    assert request.subject_weights.shape == (2, 1300)
+    assert torch.allclose(request.subject_weights.sum(1), torch.ones(2))
+    g = torch.Generator().manual_seed(2)
+    extra = {"pooled_output": torch.randn(1, 1280, generator=g)}
+    positive = pack.hrv.attention.attach_request([[torch.randn(1, 77, 256, generator=g), dict(extra)]], ae.FEATURE,
+                                                 request)
+    negative = [[torch.randn(1, 77, 256, generator=g), dict(extra)]]
+    out, _ = sample(ae.install_excite(tiny_sdxl_model(0)), positive, negative, steps=2, size=8)
+    (record,) = request.runs[-1]
+    assert torch.isfinite(out).all() and record.update_norm > 0 and 0 < record.losses[0][0] <= 1

@@ -88,7 +88,7 @@ def test_attend_and_excite_runs_in_the_executor(workflows):
     assert record.step == 0 and record.update_norm > 0 and len(result.images) == 1
 
 
-def test_example_generators_build_valid_workflows_and_the_heatmap_one_runs(workflows):
+def test_example_generators_build_valid_workflows(workflows):
     import asyncio
     import importlib.util
 
@@ -101,7 +101,6 @@ def test_example_generators_build_valid_workflows_and_the_heatmap_one_runs(workf
                                                                                 "example_workflows_maps.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    small = {"EmptyLatentImage": {"width": 64, "height": 64}, "KSampler": {"steps": 2}}
     for name, build in module.EXAMPLES.items():
         wf = UIWorkflow(workflows.object_info())
         build(wf)
@@ -109,8 +108,3 @@ def test_example_generators_build_valid_workflows_and_the_heatmap_one_runs(workf
         point_at_checkpoint(prompt, DEFAULT_NAME)
         valid = asyncio.run(execution.validate_prompt(name, prompt, None))
         assert valid[0], (name, valid[1], valid[3])
-        if name == "attention_heatmap":
-            for node in prompt.values():
-                node["inputs"].update(small.get(node["class_type"], {}))
-            result = workflows.run_prompt(prompt)
-            assert len(result.images) == 2          # one picture per mapped word (dog, hat)
