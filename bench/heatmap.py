@@ -60,6 +60,7 @@ def sync(device):
 
 def load_hrv(reference_dir):
     import tempfile
+
     from hrv.format.hrv_file import HRV, load, normalise_rows
     from hrv.format.layout import known_layout
     if os.path.isdir(reference_dir):
@@ -83,8 +84,9 @@ def main():
     use_comfyui(cpu=device.type == "cpu")
     import comfy.cli_args
     comfy.cli_args.args.use_pytorch_cross_attention = args.use_pytorch_cross_attention
-    import comfy.ldm.modules.attention as attention
+    from comfy.ldm.modules import attention
     from harness.comfy_models import model_patcher, tokenizer_clip
+
     from hrv.attention import COND_KEY, CORE_KEY, install_core
     from hrv.attention.run import RunState
     from hrv.maps import FEATURE, RECORDER

@@ -11,7 +11,14 @@ from ..hrv.maps.diagnose import compared_concepts, read_word, suggest_mark
 from ..hrv.maps.encode import AUTO, map_request
 from ..hrv.maps.heads import MODES, HeadSelectionError, head_weights, top_k_count
 from ..hrv.maps.recorder import RECORDER
-from ..hrv.maps.render import DAAM_TAU, heat_colors, label, overlay, side_by_side, word_masks
+from ..hrv.maps.render import (
+    DAAM_TAU,
+    heat_colors,
+    label,
+    overlay,
+    side_by_side,
+    word_masks,
+)
 from ..hrv.maps.request import FEATURE, MapError
 from ..hrv.steering.positions import WordPositionError
 from .hrv_folders import concept_choices

@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="folder for the .json files")
     args = parser.parse_args()
     from harness.ui_builder import UIWorkflow
+
     from scripts.demo.workflows import make_base_dir, object_info, start_comfyui
     with tempfile.TemporaryDirectory() as base:
         start_comfyui(make_base_dir(base))

@@ -6,16 +6,24 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from harness.comfy_models import tokenizer_clip
 from harness.tiny_pipeline import tiny_sd1_model, tiny_sd1_pipeline, tiny_sdxl_model
+
 from hrv.attention import attach_request, install_core
 from hrv.comfy_host import import_pack
 from hrv.format.hrv_file import HRV, load
 from hrv.format.layout import cross_attention_modules, known_layout
-from hrv.maps import FEATURE, RECORDER, MapRequest, MapWord, head_weights, top_heads, top_k_count
-from hrv.maps.request import HeadSelection
+from hrv.maps import (
+    FEATURE,
+    RECORDER,
+    MapRequest,
+    MapWord,
+    head_weights,
+    top_heads,
+    top_k_count,
+)
 from hrv.maps.render import word_masks
+from hrv.maps.request import HeadSelection
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,7 +133,7 @@ def test_maps_follow_the_conditioning_not_the_batch_position(pack, pipeline, sd1
 
 def capturing(model, arch):
     """A clone whose attn2 calls record (key, q, k, extra_options) before the fused attention runs."""
-    import comfy.ldm.modules.attention as attention
+    from comfy.ldm.modules import attention
     calls = []
     m = model.clone()
     for block in known_layout(arch).blocks:

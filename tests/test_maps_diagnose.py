@@ -2,10 +2,10 @@
 known concepts (harness/engineered.py): the word of a planted concept is read as that concept first."""
 import pytest
 import torch
-
 from harness.comfy_models import tokenizer_clip
 from harness.engineered import engineer_head_preferences
 from harness.tiny_pipeline import tiny_sd1_model
+
 from hrv.comfy_host import import_pack
 from hrv.format.concepts import default_concept_names
 from hrv.format.layout import known_layout

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from harness.tiny_pipeline import tiny_sd1_model, tiny_sd1_pipeline
+
 from hrv.comfy_host import import_pack
 from hrv.format.layout import known_layout
 

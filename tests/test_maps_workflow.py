@@ -94,6 +94,7 @@ def test_example_generators_build_valid_workflows(workflows):
 
     import execution
     from harness.ui_builder import UIWorkflow
+
     from hrv.comfy_host import PACK_DIR
     from scripts.demo.__main__ import point_at_checkpoint
     from scripts.demo.checkpoint import DEFAULT_NAME

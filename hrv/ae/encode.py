@@ -1,7 +1,13 @@
 """From a prompt and its subject words ("cat:Animals, dog:Animals") to the ExciteRequest its conditioning carries."""
 from __future__ import annotations
 
-from ..steering.positions import WordPositionError, locate_span, prompt_words, token_stream, whole_word_spans
+from ..steering.positions import (
+    WordPositionError,
+    locate_span,
+    prompt_words,
+    token_stream,
+    whole_word_spans,
+)
 from .request import ExciteError, ExciteRequest, ExciteSettings, Subject
 
 

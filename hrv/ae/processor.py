@@ -10,7 +10,7 @@ nothing. q, k, v go on unchanged to the fused kernel.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

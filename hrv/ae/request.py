@@ -52,7 +52,7 @@ class ExcitePlan:
     sizes: list                         # step -> step size (z scale)
 
     @classmethod
-    def of(cls, settings: ExciteSettings, steps: int) -> "ExcitePlan":
+    def of(cls, settings: ExciteSettings, steps: int) -> ExcitePlan:
         from .maps import step_sizes
         excited = min(steps, int(math.floor(settings.excite_until * steps + 0.5)))
         thresholds = {}

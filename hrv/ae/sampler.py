@@ -199,6 +199,7 @@ def sampler_sample_wrapper(executor, *args, **kwargs):
 def install_excite(model):
     """A clone of `model` with the attention core, the Attend-and-Excite processor and the sampler wrapper."""
     import comfy.patcher_extension
+
     from ..attention import install_core
     from .processor import EXCITE
     m = install_core(model, [EXCITE])

@@ -1,7 +1,13 @@
 """From a prompt, the words to map and a head selection to the MapRequest its conditioning carries."""
 from __future__ import annotations
 
-from ..steering.positions import WordPositionError, locate_span, prompt_words, token_stream, whole_word_spans
+from ..steering.positions import (
+    WordPositionError,
+    locate_span,
+    prompt_words,
+    token_stream,
+    whole_word_spans,
+)
 from .heads import MODES, HeadSelectionError, top_k_count
 from .request import HeadSelection, MapRequest, MapWord
 

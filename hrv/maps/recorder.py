@@ -13,7 +13,7 @@ the sampled latent, where the render node finds them.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

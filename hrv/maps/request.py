@@ -64,7 +64,7 @@ class MapRequest:
     context_length: int
     start_percent: float = 0.0
     end_percent: float = 1.0
-    holder: "MapHolder" = field(default_factory=lambda: MapHolder())
+    holder: MapHolder = field(default_factory=lambda: MapHolder())
 
     def __post_init__(self):
         if not 0.0 <= self.start_percent < self.end_percent <= 1.0:
