@@ -1,18 +1,26 @@
-"""Overhead of HRV concept steering on a full-size SD1.5 UNet (random weights). A script, not a test.
+"""Overhead of HRV concept steering on a full-size SD1.5 or SDXL UNet (random weights). A script, not a test.
 
-    .venv/bin/python bench/steering.py [--use-pytorch-cross-attention] [--pairs N] [--attn-reps N]
+    .venv/bin/python bench/steering.py [--arch sd1|sdxl] [--device cpu|cuda] [--dtype float32|float16]
+        [--size LATENT] [--batch N] [--steps N] [--pairs N] [--attn-reps N] [--use-pytorch-cross-attention]
+    On a machine without ComfyUI (files from ../shared/gpu/bundle.sh):
+    COMFYUI_DIR=$PWD/.gpu/comfyui python3 bench/steering.py --reference-dir .gpu/reference --device cuda --dtype fp16
 
-One 64x64 latent, batch 2 (cond + uncond), one target word (3 tokens), HRVConceptAdjust with the paper's
-settings, steering active at the measured sigma. Plain and patched runs are interleaved (ABBA) in one
-process and repeated; medians are printed, and last:
-  attn_overhead_ratio=  the 16 cross-attention calls of one step at their real shapes, patched / plain
-  overhead_ratio=       one whole UNet step, patched / plain
-Both are ratios of medians. Diagnostics before them: the ratio of minima (noise from other processes
-only adds time) and the median of back-to-back ratios (per call, per ABBA pair). On a shared, busy
-machine all of these carry noise of several percent; the load average is printed.
-The attention kernel is the one ComfyUI picks on this machine (CPU: sub-quadratic unless
---use-pytorch-cross-attention selects SDPA; NVIDIA GPU: SDPA). For the record it also times the
-explicit-attention-map way (materialise softmax(QK^T/sqrt(d)), rescale the token columns, multiply by V).
+Steering runs the real path: a conditioning carrying a SteerRequest for one target word ("rose-colored", 3 tokens;
+factors from the HRV's Color and Plants rows, the paper's adjust setting for the architecture), a model with the
+attention core (install_core(model, [STEERING])), and ComfyUI's KSampler (euler, CFG 7: cond and uncond in one
+batch of 2 x --batch, so the OUTER_SAMPLE wrapper maps the batch chunks by transformer_options["uuids"]). The plain
+side is the same model without the core, sampling the same conditioning without the request. The latent is
+--size x --size (default 64 for SD1.5 = 512 px, 128 for SDXL = 1024 px). Plain and steered runs are interleaved
+(ABBA) in one process and repeated; medians are printed, and last:
+  attn_overhead_ratio=  every cross-attention call of one step at its real shapes (16 on SD1.5, 70 on SDXL):
+                        the core's attn2 replacement with the steering processor / ComfyUI's fused attention
+  overhead_ratio=       one whole sampling step (a KSampler run of --steps steps, per step), steered / plain
+Both are ratios of medians. Diagnostics before them: the ratio of minima (noise from other processes only adds
+time) and the median of back-to-back ratios (per call, per ABBA pair). On a shared, busy machine all of these
+carry noise of several percent; the load average is printed. The attention kernel is the one ComfyUI picks on this
+machine (CPU: sub-quadratic unless --use-pytorch-cross-attention selects SDPA; NVIDIA GPU: SDPA). For the record
+it also times the explicit-attention-map way (materialise softmax(QK^T/sqrt(d)), rescale the token columns,
+multiply by V).
 """
 from __future__ import annotations
 
@@ -21,79 +29,61 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, PACK_DIR)
-sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
+import hrvbench as hb
 
 PROMPT = "a photo of a rose-colored car parked by the sea"
 TARGET = "rose-colored"
+DESIRED, UNDESIRED = "Color", "Plants"
+OFFICIAL = {"sd1": "sd1_official", "sdxl": "sdxl_official"}
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--use-pytorch-cross-attention", action="store_true",
-                   help="ComfyUI's flag: use PyTorch SDPA instead of the CPU default (sub-quadratic)")
-    p.add_argument("--pairs", type=int, default=6, help="timed plain/patched UNet step pairs (default 6)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed UNet steps of each kind first (default 1)")
-    p.add_argument("--attn-reps", type=int, default=50, help="repetitions of the 16 attention calls (default 50)")
-    p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
-    p.add_argument("--reference-dir", default=os.path.join(PACK_DIR, "..", "shared", "hrv_reference"),
-                   help="published HRVs; a random HRV is used when absent (values do not affect speed)")
-    return p.parse_args()
+    p.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1", help="SD1.5 (default) or SDXL UNet")
+    p.add_argument("--size", type=int, default=None,
+                   help="latent side (default 64 for sd1 = 512 px, 128 for sdxl = 1024 px); a multiple of 8")
+    p.add_argument("--batch", type=int, default=1, help="latent batch; the UNet sees twice that (cond + uncond)")
+    p.add_argument("--pairs", type=int, default=6, help="timed plain/steered sampler-run pairs (default 6)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed sampler runs of each kind first (default 1)")
+    p.add_argument("--attn-reps", type=int, default=50, help="repetitions of one step's attention calls (default 50)")
+    p.add_argument("--end-percent", type=float, default=1.0,
+                   help="steering's end_percent; below 1 the sigma-gated path runs (default 1: always on)")
+    hb.add_common_args(p)
+    args = p.parse_args(argv)
+    args.size = args.size or hb.DEFAULT_LATENT[args.arch]
+    if args.size % 8:
+        p.error("--size must be a multiple of 8 (the UNet downsamples three times)")
+    return args
 
 
-def setup_comfy(args):
-    from hrv.comfy_host import use_comfyui
-    on_gpu = torch.cuda.is_available()
-    use_comfyui(cpu=not on_gpu)
-    import comfy.cli_args
-    comfy.cli_args.args.use_pytorch_cross_attention = args.use_pytorch_cross_attention
-    import comfy.ldm.modules.attention as attention  # picks optimized_attention from the args above
-    return attention, torch.device("cuda" if on_gpu else "cpu")
-
-
-def load_hrv(pack, reference_dir, tmp_dir):
+def load_hrv(arch: str, reference_dir: str):
+    from hrv.format.hrv_file import HRV, load, normalise_rows
     if os.path.isdir(reference_dir):
         from hrv.format.official import import_official
-        path = [p for p in import_official(reference_dir, tmp_dir) if p.endswith("sd1_official.safetensors")][0]
-        return pack.hrv.hrv_file.load(path), "official sd1"
-    g = torch.Generator().manual_seed(0)
-    matrix = pack.hrv.hrv_file.normalise_rows(torch.rand(34, 128, generator=g))
-    concepts = pack.hrv.concepts.default_concept_names()
-    return pack.hrv.hrv_file.HRV(matrix=matrix, layout=pack.hrv.layout.known_layout("sd1"), concepts=concepts), "random"
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
-
-
-def capture_cross_attention(model, attention, run_step):
-    """The projected q, k, v and extra_options of every attn2 call of one real UNet step."""
-    calls = []
-    m = model.clone()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = [p for p in import_official(reference_dir, tmp) if p.endswith(f"{OFFICIAL[arch]}.safetensors")][0]
+            return load(path), f"official {arch}"
+    from hrv.format.concepts import default_concept_names
     from hrv.format.layout import known_layout
-    for b in known_layout("sd1").blocks:
-        def record(q, k, v, extra_options):
-            calls.append((q, k, v, dict(extra_options)))
-            return attention.optimized_attention(q, k, v, extra_options["n_heads"],
-                                                 attn_precision=extra_options.get("attn_precision"),
-                                                 transformer_options=extra_options)
-        m.set_model_attn2_replace(record, *b.key)
-    run_step(m)
-    return calls
+    layout = known_layout(arch)
+    concepts = default_concept_names()
+    g = torch.Generator().manual_seed(0)
+    matrix = normalise_rows(torch.rand(len(concepts), layout.num_heads, generator=g))
+    return HRV(matrix=matrix, layout=layout, concepts=concepts), f"random {arch} (no {reference_dir})"
+
+
+def steer_request(arch: str, hrv, clip, end_percent: float):
+    """The SteerRequest HRVConceptAdjust would attach for TARGET: positions from the real tokenizer."""
+    from hrv.steering.encode import auto_weights, targets_request
+    from hrv.steering.factors import adjust
+    w = auto_weights(arch)
+    factors = adjust(hrv.row(DESIRED), hrv.row(UNDESIRED), w.w_desired, w.w_undesired, w.offset, w.clamp)
+    return targets_request(clip, hrv, PROMPT, TARGET, factors, f"{DESIRED}-{UNDESIRED}", 0.0, end_percent)
 
 
 def explicit_map_attention(q, k, v, heads, column_scale):
@@ -108,120 +98,108 @@ def explicit_map_attention(q, k, v, heads, column_scale):
     return out.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, c)
 
 
-def main():
-    args = parse_args()
-    attention, device = setup_comfy(args)
-    from hrv.comfy_host import import_pack
-    from harness.comfy_models import model_patcher, tokenizer_clip
-    import tempfile
-    pack = import_pack()
-    nodes = pack.nodes.steering_nodes
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    kernel = attention.optimized_attention.__name__
-    print(f"attention kernel: {kernel} (what ComfyUI picks here: device={device.type}, "
-          f"--use-pytorch-cross-attention={args.use_pytorch_cross_attention}); torch {torch.__version__}, "
-          f"threads={torch.get_num_threads()}, dtype={str(dtype).replace('torch.', '')}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+def column_scales(calls, request, dtype, device) -> list:
+    """Per captured call, [B*H, 1, T] factors on the steered chunk's target columns (1 elsewhere)."""
+    from hrv.attention import CORE_KEY
+    scales = []
+    for key, _, q, k, v, extra in calls:
+        run, uuids, batch, heads = extra[CORE_KEY], extra["uuids"], q.shape[0], extra["n_heads"]
+        block = request.layout.block(key)
+        scale = torch.ones(batch, heads, 1, k.shape[1], dtype=dtype)
+        per = batch // len(uuids)
+        for i, u in enumerate(uuids):
+            if u in run.entries:
+                for term in request.terms:
+                    for p in term.positions:
+                        scale[i * per:(i + 1) * per, :, 0, p::request.context_length] *= \
+                            term.factors[block.columns].to(dtype)[:, None]
+        scales.append(scale.reshape(batch * heads, 1, -1).to(device))
+    return scales
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    attention, device = hb.setup_comfy(args)
+    dtype = hb.resolve_dtype(args)
+    from harness.comfy_models import tokenizer_clip
+    from hrv.attention import attach_request, install_core
+    from hrv.steering.processor import STEERING
+    from hrv.steering.request import FEATURE
+    print(hb.describe_machine(attention, device, dtype, args), flush=True)
 
     t0 = time.perf_counter()
-    model = model_patcher("sd1", args.size)
-    model.model.to(device=device, dtype=dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        hrv, hrv_source = load_hrv(pack, args.reference_dir, tmp)
-    clip = tokenizer_clip("sd1")
-    steered = nodes.HRVConceptAdjust().apply(model, clip, hrv, PROMPT, TARGET, "Color", "Plants",
-                                             1.0, 1.0, 1.0, 0.0, 0.0, 1.0)[0]
-    print(f"model built in {time.perf_counter() - t0:.1f}s ({args.size} SD1.5 UNet, random weights); "
-          f"HRV: {hrv_source}; target {TARGET!r}", flush=True)
+    model = hb.build_model(args.arch, args.unet, device, dtype)
+    hrv, hrv_source = load_hrv(args.arch, args.reference_dir)
+    request = steer_request(args.arch, hrv, tokenizer_clip(args.arch), args.end_percent)
+    steered = install_core(model, [STEERING])
+    dim = hb.context_dim(model)
+    positive = hb.conditioning(args.arch, dim, args.size, seed=0, tokens=request.context_length)
+    positive_steered = attach_request(positive, FEATURE, request)
+    sample = hb.Sampler(args.arch, dim, args.size, args.batch, args.steps, device)
+    positions = [p for t in request.terms for p in t.positions]
+    print(f"model built in {time.perf_counter() - t0:.1f}s ({args.unet} {args.arch} UNet, random weights, "
+          f"{sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6:.0f}M params); HRV: {hrv_source}; "
+          f"target {TARGET!r} at context positions {positions}; latent {args.batch}x4x{args.size}x{args.size} "
+          f"({args.size * 8} px), UNet batch {2 * args.batch} (cond + uncond)", flush=True)
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 64, 64, generator=g).to(device, dtype)
-    context = torch.randn(2, 77, 768, generator=g).to(device, dtype)
-    sigma = torch.tensor([5.0], device=device)
-
-    def run_step(m):
-        options = {**m.model_options["transformer_options"], "cond_or_uncond": [0, 1], "sigmas": sigma}
-        with torch.inference_mode():
-            return m.model.apply_model(x, sigma.repeat(2), c_crossattn=context, transformer_options=options)
-
-    # Cross-attention alone, at the shapes one real step produces.
-    calls = capture_cross_attention(model, attention, run_step)
-    assert len(calls) == 16, f"expected 16 cross-attention calls, got {len(calls)}"
-    patched_fns = [steered.model_options["transformer_options"]["patches_replace"]["attn2"][b.key]
-                   for b in pack.hrv.layout.known_layout("sd1").blocks]
-    positions = pack.hrv.tokens.find_target_positions(clip, PROMPT, TARGET).positions
-    s = pack.hrv.steering.adjust(hrv.row("Color"), hrv.row("Plants"))
-    blocks = pack.hrv.attention_patch.factors_by_block(hrv.layout, s)
-    scales = []
-    for (q, k, v, extra), b in zip(calls, pack.hrv.layout.known_layout("sd1").blocks):
-        scale = torch.ones(2, b.num_heads, 1, k.shape[1], dtype=dtype)
-        scale[0, :, 0, list(positions)] = blocks[b.key].to(dtype)[:, None]   # cond chunk only
-        scales.append(scale.reshape(2 * b.num_heads, 1, -1).to(device))
-    shapes = sorted({(q.shape[1], e["n_heads"], e["dim_head"]) for q, _, _, e in calls}, reverse=True)
-    print("cross-attention shapes (queries, heads, dim_head) x batch 2, 77 tokens:", shapes, flush=True)
+    # Cross-attention alone, at the shapes one real sampling step produces, with that run's state.
+    t0 = time.perf_counter()
+    calls = hb.capture_core_calls(steered, lambda m: sample(m, positive_steered, steps=1))
+    chunked = [len(e["uuids"]) for *_, e in calls]
+    print(f"captured {len(calls)} cross-attention calls of one step in {time.perf_counter() - t0:.1f}s "
+          f"(conditioning chunks per call: {sorted(set(chunked))})", flush=True)
+    if not any(u in e["hrv_core"].entries for *_, e in calls for u in e["uuids"]):
+        raise SystemExit("no attn2 call carried the steered conditioning: the core did not see the request")
+    plain_fn = hb.plain_attention(attention)
+    scales = column_scales(calls, request, dtype, device)
+    shapes = sorted({(q.shape[0], q.shape[1], e["n_heads"], e["dim_head"]) for _, _, q, _, _, e in calls}, reverse=True)
+    print("cross-attention shapes (batch, queries, heads, dim_head), "
+          f"{calls[0][3].shape[1]} tokens:", shapes, flush=True)
 
     def plain(i):
-        q, k, v, e = calls[i]
-        return attention.optimized_attention(q, k, v, e["n_heads"], attn_precision=e.get("attn_precision"),
-                                             transformer_options=e)
+        _, _, q, k, v, e = calls[i]
+        return plain_fn(q, k, v, e)
 
     def patched(i):
-        q, k, v, e = calls[i]
-        return patched_fns[i](q, k, v, e)
+        _, core_fn, q, k, v, e = calls[i]
+        return core_fn(q, k, v, e)
 
     def explicit_map(i):
-        q, k, v, e = calls[i]
+        _, _, q, k, v, e = calls[i]
         return explicit_map_attention(q, k, v, e["n_heads"], scales[i])
 
-    variants = {"plain": plain, "patched": patched, "explicit_map": explicit_map}
-    # Per call, the variants run back to back in rotating order, so load bursts from other processes hit
-    # them alike; a step's attention time is the sum over its 16 calls of each call's median.
-    per_call = {name: [[] for _ in calls] for name in variants}
-    names = list(variants)
     with torch.inference_mode():
-        for rep in range(args.attn_reps + 1):
-            for i in range(len(calls)):
-                for name in names[(rep + i) % 3:] + names[:(rep + i) % 3]:
-                    t = timed(lambda: variants[name](i), device)
-                    if rep:  # the first round warms up
-                        per_call[name][i].append(t)
+        diff = max(float((patched(i) - plain(i)).abs().max()) for i in range(len(calls)))
+    if not diff > 0:
+        raise SystemExit("the steered attention equals the plain one: steering did nothing")
+    per_call = hb.time_interleaved({"plain": plain, "patched": patched, "explicit_map": explicit_map},
+                                   len(calls), args.attn_reps, device)
     attn = {name: sum(statistics.median(t) for t in times) for name, times in per_call.items()}
     attn_min = {name: sum(min(t) for t in times) for name, times in per_call.items()}
-
-    def paired_ratio(name):
-        # Per call: median of (variant / plain) over back-to-back runs; weighted by that call's plain time.
-        ratios = [statistics.median(a / b for a, b in zip(per_call[name][i], per_call["plain"][i]))
-                  for i in range(len(calls))]
-        weights = [statistics.median(t) for t in per_call["plain"]]
-        return sum(r * w for r, w in zip(ratios, weights)) / sum(weights)
-
-    print("attention, 16 calls of one step, sum of per-call medians, ms: " +
-          ", ".join(f"{name} {t * 1e3:.2f}" for name, t in attn.items()), flush=True)
-    print("  (sum of per-call minima, ms: " + ", ".join(f"{n} {t * 1e3:.2f}" for n, t in attn_min.items()) +
+    n = len(calls)
+    print(f"attention, {n} calls of one step, sum of per-call medians, ms: " +
+          ", ".join(f"{name} {t * 1e3:.2f}" for name, t in attn.items()) +
+          f"; steering costs {(attn['patched'] - attn['plain']) / n * 1e6:.1f} us a call", flush=True)
+    print("  (sum of per-call minima, ms: " + ", ".join(f"{k} {t * 1e3:.2f}" for k, t in attn_min.items()) +
           f"; patched/plain: minima {attn_min['patched'] / attn_min['plain']:.4f}, "
-          f"back-to-back {paired_ratio('patched'):.4f})", flush=True)
+          f"back-to-back {hb.paired_ratio(per_call, 'patched', 'plain'):.4f})", flush=True)
+    del calls, scales, per_call
 
-    # Whole UNet steps, ABBA-interleaved after warm-up.
-    for i in range(args.warmup):
-        for m in (model, steered):
-            t = timed(lambda: run_step(m), device)
-            print(f"  warm-up step {'plain' if m is model else 'patched'}: {t:.2f}s", flush=True)
-    step_times = {"plain": [], "patched": []}
-    for i in range(args.pairs):
-        order = (("plain", model), ("patched", steered)) if i % 2 == 0 else (("patched", steered), ("plain", model))
-        for name, m in order:
-            step_times[name].append(timed(lambda: run_step(m), device))
-        print(f"  pair {i + 1}/{args.pairs}: plain {step_times['plain'][-1]:.2f}s, "
-              f"patched {step_times['patched'][-1]:.2f}s", flush=True)
-    step = {name: statistics.median(t) for name, t in step_times.items()}
-    pair_ratio = statistics.median(p / q for p, q in zip(step_times["patched"], step_times["plain"]))
-    print(f"UNet step, median s: plain {step['plain']:.3f}, patched {step['patched']:.3f} "
-          f"(patched/plain: back-to-back {pair_ratio:.4f}, minima "
-          f"{min(step_times['patched']) / min(step_times['plain']):.4f}); load average now {os.getloadavg()[0]:.2f}")
+    # Whole sampler runs, ABBA-interleaved after warm-up; a step is a run's time / --steps.
+    kinds = {"plain": lambda: sample(model, positive), "steered": lambda: sample(steered, positive_steered)}
+    for _ in range(args.warmup):
+        for name, run in kinds.items():
+            print(f"  warm-up run {name}: {hb.timed(run, device):.2f}s ({args.steps} steps)", flush=True)
+    runs = hb.interleaved_runs(kinds, args.pairs, device, lambda name, t: f"{name} {t / args.steps:.3f}s/step")
+    step = {name: statistics.median(t) / args.steps for name, t in runs.items()}
+    pair_ratio = statistics.median(s / p for s, p in zip(runs["steered"], runs["plain"]))
+    print(f"sampling step (KSampler {args.steps}-step runs), median s: plain {step['plain']:.4f}, steered "
+          f"{step['steered']:.4f} (steered/plain: back-to-back {pair_ratio:.4f}, minima "
+          f"{min(runs['steered']) / min(runs['plain']):.4f}); load average now {os.getloadavg()[0]:.2f}")
     print(f"explicit_map_attn_ratio={attn['explicit_map'] / attn['plain']:.4f} (materialised attention map, for the record)")
     print(f"attn_overhead_ratio={attn['patched'] / attn['plain']:.4f}")
-    print(f"overhead_ratio={step['patched'] / step['plain']:.4f}")
+    print(f"overhead_ratio={step['steered'] / step['plain']:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,7 +9,7 @@ import time
 from ..hrv.build.model_hash import model_fingerprint
 from ..hrv.build.run import BuildSettings, build_fingerprint, run_build
 from ..hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-from ..hrv.build.concept_embed import encode_concept_words
+from ..hrv.build.concept_embed import encode_concept_tokens
 from ..hrv.format.concepts import extend_concept_set, load_concept_set, parse_concept_text
 from ..hrv.format.hrv_file import save
 from ..hrv.format.layout import layout_of_unet
@@ -38,6 +38,14 @@ def prompts_for(batch: str, prompts: str, max_prompts: int = 0) -> list[str]:
     if 0 < max_prompts < len(found):
         found = [found[i * len(found) // max_prompts] for i in range(max_prompts)]
     return found
+
+
+def default_batch(model, arch: str) -> int:
+    """Prompts per sampling run: batches keep a GPU busy (SD1.x: 8, SDXL at 1024: 2); a CPU gains nothing."""
+    device = getattr(model, "load_device", None)
+    if getattr(device, "type", "cpu") == "cpu":
+        return 1
+    return 2 if arch == "sdxl" else 8
 
 
 def build_cache_path(fingerprint: str) -> str:
@@ -136,16 +144,16 @@ class HRVBuild:
         prompt_list = prompts_for(prompt_batch, prompts, int(max_prompts))
         settings = BuildSettings(steps=steps, cfg=cfg, seed=seed, sampler=sampler_name, scheduler=scheduler,
                                  width=width, height=height)
-        words = encode_concept_words(clip, concepts)
+        words = encode_concept_tokens(clip, concepts)
         model_id = {"weights_sampled_sha256": model_fingerprint(model)}
+        layout = layout_of_unet(model.get_model_object("diffusion_model"))
         checkpoint = None
         if resume:
-            layout = layout_of_unet(model.get_model_object("diffusion_model"))
             checkpoint = build_cache_path(build_fingerprint(prompt_list, words.as_dict(), settings, layout.compact(),
                                                             model_id))
         hrv = run_build(model, words, prompt_list, settings, ComfyPromptSampler(clip_text_encoder(clip), settings),
                         optimized_attention(), checkpoint_path=checkpoint, resume=True, model_id=model_id, checkpoint_every=1,
-                        progress=_Progress(unique_id, steps))
+                        progress=_Progress(unique_id, steps), batch_size=default_batch(model, layout.arch))
         info = (f"built {hrv.arch} HRV: {hrv.num_heads} heads, {len(hrv.concepts)} concepts, "
                 f"{len(prompt_list)} prompts x {steps} steps ({sampler_name}/{scheduler}, cfg {cfg}, seed {seed})")
         log.info(info)

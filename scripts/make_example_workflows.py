@@ -19,88 +19,103 @@ OUT_DIR = os.path.join(PACK_DIR, "example_workflows")
 CKPT = "v1-5-pruned-emaonly.safetensors"
 HRV_FILE = "sd1_official.safetensors"
 SIZE, STEPS, SEED, CFG = 256, 4, 1234, 7.5
-SMALL_NOTE = (f"Runs fast on CPU: {SIZE}x{SIZE}, {STEPS} steps. With a real SD1.5 checkpoint set width/height to 512 "
-              "and steps to 20-30. HRV files: run `python -m hrv fetch-official` once if the HRV Loader list is empty.")
+SMALL_NOTE = (f"Small so that it runs on a CPU: {SIZE}x{SIZE}, {STEPS} steps. With a real SD1.5 checkpoint raise "
+              "width/height (Empty Latent Image) to 512 and steps (every KSampler) to 20-30; keep the seeds equal. "
+              "SDXL: load sdxl_official in HRV Loader and use 1024x1024. HRV Loader list empty? Run "
+              "`python -m hrv fetch-official` once in the pack's folder.")
+NEGATIVE = "blurry, low quality"
 
 
-def _common(wf, prompt_text, negative="blurry, low quality"):
-    ckpt = wf.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CKPT)
-    hrv = wf.add("HRVLoader", (0, 1), hrv_name=HRV_FILE)
-    text = wf.add("PrimitiveStringMultiline", (0, 2), title="Prompt (shared by CLIP and HRV)", value=prompt_text)
-    positive = wf.add("CLIPTextEncode", (1, 0), title="Positive", clip=ckpt[1], text=text[0])
-    negative = wf.add("CLIPTextEncode", (1, 1), title="Negative", clip=ckpt[1], text=negative)
-    latent = wf.add("EmptyLatentImage", (0, 3), width=SIZE, height=SIZE, batch_size=1)
-    return ckpt, hrv, text, positive, negative, latent
+def _inputs(wf, at=(0, 0)):
+    """Load Checkpoint and HRV Loader stacked in one cell, the shared negative prompt and latent in the cell below."""
+    column, row = at
+    ckpt = wf.add("CheckpointLoaderSimple", (column, row), ckpt_name=CKPT)
+    hrv = wf.add("HRVLoader", (column, row), hrv_name=HRV_FILE)
+    negative = wf.add("CLIPTextEncode", (column, row + 1), title="Negative", clip=ckpt[1], text=NEGATIVE)
+    latent = wf.add("EmptyLatentImage", (column, row + 1), width=SIZE, height=SIZE, batch_size=1)
+    return ckpt, hrv, negative, latent
 
 
-def _sample_decode(wf, ckpt, model, positive, negative, latent, at, title):
-    sampled = wf.add("KSampler", at, title=title, model=model, positive=positive[0], negative=negative[0],
+def _sample_decode(wf, ckpt, model, positive, negative, latent, at, title, decode_at=None):
+    """KSampler (same seed everywhere) and VAE Decode; the decoder goes to decode_at, else below the sampler."""
+    sampled = wf.add("KSampler", at, title=title, model=model, positive=positive, negative=negative[0],
                      latent_image=latent[0], seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal")
-    return wf.add("VAEDecode", (at[0], at[1] + 1), samples=sampled[0], vae=ckpt[2])
+    return wf.add("VAEDecode", decode_at or at, samples=sampled[0], vae=ckpt[2])
 
 
-def _stitch(wf, first, second, at, direction="right"):
-    return wf.add("ImageStitch", at, image1=first[0], image2=second[0], direction=direction, spacing_width=8)
+def _stitch(wf, first, second, at, direction="right", match_image_size=True):
+    return wf.add("ImageStitch", at, image1=first[0], image2=second[0], direction=direction,
+                  match_image_size=match_image_size, spacing_width=8)
 
 
 def polysemy(wf):
-    """'A rose-colored vase': rose should mean Color, not Plants. Baseline | adjusted, same seed; then 'Apple logo'."""
-    rows = [("A rose-colored vase on a table", "rose-colored", "Color", "Plants"),
-            ("An Apple logo on a white wall", "Apple", "Brand Logos", "Fruits and Vegetables")]
-    ckpt = wf.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CKPT)
-    hrv = wf.add("HRVLoader", (0, 1), hrv_name=HRV_FILE)
-    negative = wf.add("CLIPTextEncode", (0, 2), title="Negative", clip=ckpt[1], text="blurry, low quality")
-    latent = wf.add("EmptyLatentImage", (0, 3), width=SIZE, height=SIZE, batch_size=1)
+    """Words with two meanings, marked inline in HRV Text Encode; each beside plain CLIP Text Encode, same seed."""
+    rows = [("A rose-colored vase on a table", "A [rose-colored:Color-Plants] vase on a table"),
+            ("An Apple logo on a laptop", "An [Apple:Brand Logos-Fruits and Vegetables] logo on a laptop")]
+    ckpt, hrv, negative, latent = _inputs(wf)
     pairs = []
-    for r, (prompt_text, target, desired, undesired) in enumerate(rows):
-        base = 4 * r
-        text = wf.add("PrimitiveStringMultiline", (1, base), title=f"Prompt {r + 1}", value=prompt_text)
-        positive = wf.add("CLIPTextEncode", (1, base + 1), title=f"Positive {r + 1}", clip=ckpt[1], text=text[0])
-        adjusted = wf.add("HRVConceptAdjust", (2, base), title=f"{target}: {desired}, not {undesired}",
-                          model=ckpt[0], clip=ckpt[1], hrv=hrv[0], prompt=text[0], target=target,
-                          desired_concept=desired, undesired_concept=undesired)
-        plain = _sample_decode(wf, ckpt, ckpt[0], positive, negative, latent, (3, base), "Baseline")
-        steered = _sample_decode(wf, ckpt, adjusted[0], positive, negative, latent, (4, base), "HRV adjusted")
-        pairs.append(_stitch(wf, plain, steered, (5, base)))
-    grid = _stitch(wf, pairs[0], pairs[1], (6, 0), direction="down")
-    wf.add("SaveImage", (6, 1), images=grid[0], filename_prefix="hrv_polysemy")
-    wf.note("Left: plain model. Right: HRV Concept Adjust with the same seed. 'rose-colored' is steered "
-            "towards Color and away from Plants; 'Apple' towards Brand Logos and away from Fruits. " + SMALL_NOTE, (0, 4))
+    for r, (plain_text, marked_text) in enumerate(rows):
+        top = 2 * r
+        plain = wf.add("CLIPTextEncode", (1, top), title=f"Baseline prompt {r + 1}", clip=ckpt[1], text=plain_text)
+        steered = wf.add("HRVTextEncode", (1, top + 1), model=ckpt[0], clip=ckpt[1], hrv=hrv[0], text=marked_text,
+                         preset="auto")
+        base_image = _sample_decode(wf, ckpt, ckpt[0], plain[0], negative, latent, (2, top), "Baseline",
+                                    decode_at=(3, top))
+        steered_image = _sample_decode(wf, ckpt, steered[0], steered[1], negative, latent, (2, top + 1), "HRV steered",
+                                       decode_at=(3, top + 1))
+        pairs.append(_stitch(wf, base_image, steered_image, (4, top)))
+    grid = _stitch(wf, pairs[0], pairs[1], (4, 1), direction="down")
+    wf.add("SaveImage", (4, 1), images=grid[0], filename_prefix="hrv_polysemy")
+    wf.note("HRV Text Encode replaces CLIP Text Encode: a mark [word:Desired-Undesired] steers that word towards one "
+            "concept and away from the other, and is removed before encoding. Its model output goes to the sampler "
+            "too. Saved image: left the plain prompt, right the marked one, same seed; top 'rose-colored' as a Color, "
+            "not roses; bottom 'Apple' the brand, not the fruit.\n\n" + SMALL_NOTE, (0, 2))
 
 
 def strengthen(wf):
-    """Make the material word count: 'a bowl made of wood', Material heads strengthened."""
-    ckpt, hrv, text, positive, negative, latent = _common(wf, "a bowl made of wood, studio photo")
-    steered_model = wf.add("HRVConceptStrengthen", (2, 0), title="wood: strengthen Material", model=ckpt[0],
-                           clip=ckpt[1], hrv=hrv[0], prompt=text[0], target="wood", concept="Material", strength=1.0)
-    plain = _sample_decode(wf, ckpt, ckpt[0], positive, negative, latent, (3, 0), "Baseline")
-    steered = _sample_decode(wf, ckpt, steered_model[0], positive, negative, latent, (4, 0), "Material strengthened")
-    both = _stitch(wf, plain, steered, (5, 0))
-    wf.add("SaveImage", (5, 1), images=both[0], filename_prefix="hrv_strengthen")
-    wf.note("Left: plain model. Right: the token 'wood' rescaled in every head by its Material relevance. "
-            "Raise strength for a stronger effect. " + SMALL_NOTE, (0, 4))
+    """Make the material word count: 'a bowl made of wood', the word wood strengthened in the Material heads."""
+    text = "a bowl made of wood, studio photo"
+    ckpt, hrv, negative, latent = _inputs(wf)
+    plain = wf.add("CLIPTextEncode", (1, 0), title="Baseline prompt", clip=ckpt[1], text=text)
+    steered = wf.add("HRVConceptStrengthen", (1, 1), title="wood: strengthen Material", model=ckpt[0], clip=ckpt[1],
+                     hrv=hrv[0], text=text, target="wood", concept="Material", strength=1.0)
+    base_image = _sample_decode(wf, ckpt, ckpt[0], plain[0], negative, latent, (2, 0), "Baseline", decode_at=(3, 0))
+    steered_image = _sample_decode(wf, ckpt, steered[0], steered[1], negative, latent, (2, 1), "Material strengthened",
+                                   decode_at=(3, 1))
+    both = _stitch(wf, base_image, steered_image, (4, 0))
+    wf.add("SaveImage", (4, 0), images=both[0], filename_prefix="hrv_strengthen")
+    wf.note("HRV Concept Strengthen encodes the text like CLIP Text Encode and gives the word 'wood' more weight in the "
+            "attention heads that care about Material. Saved image: left plain, right strengthened, same seed. "
+            "Raise strength for a stronger effect.\n\n" + SMALL_NOTE, (4, 1))
+
+
+WEAKENING_K = (8, 32, 64)
 
 
 def weakening(wf):
-    """Ordered weakening: -2 on the k most (MoRHF) vs least (LeRHF) relevant Animals heads for 'dog'."""
-    ckpt, hrv, text, positive, negative, latent = _common(wf, "a photo of a dog in a park")
-    rows = []
+    """The paper's ordered weakening: every word x -2 in the k most (MoRHF) vs least (LeRHF) relevant Animals heads."""
+    text = "a photo of a dog"
+    ckpt, hrv, negative, latent = _inputs(wf)
+    plain = wf.add("CLIPTextEncode", (1, 0), title="Baseline prompt (k = 0)", clip=ckpt[1], text=text)
+    baseline = _sample_decode(wf, ckpt, ckpt[0], plain[0], negative, latent, (1, 1), "Baseline (k = 0)")
+    rows, stitch_column = [], 2 + len(WEAKENING_K)
     for r, order in enumerate(("MoRHF", "LeRHF")):
-        images = None
-        for c, k in enumerate((8, 32)):
-            model = wf.add("HRVOrderedWeakening", (2 + 2 * c, 2 * r), title=f"{order} k={k}", model=ckpt[0],
-                           clip=ckpt[1], hrv=hrv[0], prompt=text[0], target="dog", concept="Animals",
-                           order=order, k=k, factor=-2.0)
-            image = _sample_decode(wf, ckpt, model[0], positive, negative, latent, (3 + 2 * c, 2 * r), f"{order} k={k}")
-            images = image if images is None else _stitch(wf, images, image, (6, 2 * r + c))
+        images = baseline
+        for c, k in enumerate(WEAKENING_K):
+            column = 2 + c
+            steered = wf.add("HRVOrderedWeakening", (column, 2 * r), title=f"{order} k={k}", model=ckpt[0],
+                             clip=ckpt[1], hrv=hrv[0], text=text, target="*", concept="Animals", order=order, k=k,
+                             factor=-2.0)
+            image = _sample_decode(wf, ckpt, steered[0], steered[1], negative, latent, (column, 2 * r + 1),
+                                   f"{order} k={k}")
+            images = _stitch(wf, images, image, (stitch_column, 2 * r + min(c, 1)))
         rows.append(images)
-    plain = _sample_decode(wf, ckpt, ckpt[0], positive, negative, latent, (1, 2), "Baseline")
-    grid = _stitch(wf, rows[0], rows[1], (7, 0), direction="down")
-    with_baseline = _stitch(wf, plain, grid, (7, 1))
-    wf.add("SaveImage", (7, 2), images=with_baseline[0], filename_prefix="hrv_ordered_weakening")
-    wf.note("Left: baseline. Grid: top row MoRHF (most relevant heads first), bottom row LeRHF, k = 8 and 32 "
-            "heads rescaled by -2. The dog should vanish much faster in the top row: the HRV ranks heads "
-            "meaningfully. " + SMALL_NOTE, (0, 4))
+    grid = _stitch(wf, rows[0], rows[1], (stitch_column + 1, 1), direction="down")
+    wf.add("SaveImage", (stitch_column + 1, 1), images=grid[0], filename_prefix="hrv_ordered_weakening")
+    wf.note("The paper's test of the ranking: every word of the prompt (target *) multiplied by -2 in the k heads most "
+            f"relevant to Animals (MoRHF, top row) or least relevant (LeRHF, bottom row); columns k = 0 (baseline), "
+            f"{', '.join(map(str, WEAKENING_K))} of SD1.x's 128 heads. The dog should fade much sooner in the top row.\n\n"
+            + SMALL_NOTE, (0, 2))
 
 
 def inspect(wf):
@@ -109,7 +124,8 @@ def inspect(wf):
     shown = wf.add("HRVInspect", (1, 0), hrv=hrv[0], concept="Color", compare_with="Plants", top_k=10)
     wf.add("SaveImage", (2, 0), images=shown[0], filename_prefix="hrv_inspect")
     wf.note("One row per cross-attention transformer, one cell per head; brighter = more relevant. "
-            "The third panel shows Color minus Plants.", (0, 1))
+            "The third panel shows Color minus Plants. No checkpoint needed. HRV Loader list empty? Run "
+            "`python -m hrv fetch-official` once in the pack's folder.", (0, 1))
 
 
 EXAMPLES = {"concept_adjust_polysemy": polysemy, "concept_strengthen_material": strengthen,

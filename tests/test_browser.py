@@ -48,7 +48,7 @@ def test_example_loaded_from_the_templates_menu_shows_our_nodes(comfy_server, ar
     object_info = ComfyClient(comfy_server.url).object_info()
     expected = _titles(workflow, object_info)
     ours = {(t, title) for t, title in expected if t.startswith("HRV")}
-    assert {t for t, _ in ours} == {"HRVLoader", "HRVConceptAdjust"}
+    assert {t for t, _ in ours} == {"HRVLoader", "HRVTextEncode"}
     screenshot = os.path.join(artifacts_dir, f"browser_{name}.png")
     with browser.comfyui_page(comfy_server.url) as page:
         browser.open_template_from_menu(page, PACK_FOLDER, name)

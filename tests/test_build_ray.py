@@ -10,7 +10,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: p
 from hrv.build.ray_dispatch import run_build_ray  # noqa: E402
 from hrv.build.run import BuildSettings, run_build  # noqa: E402
 from hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention  # noqa: E402
-from hrv.build.concept_embed import encode_concept_words  # noqa: E402
+from hrv.build.concept_embed import encode_concept_tokens  # noqa: E402
 from harness.tiny_pipeline import tiny_sd1_pipeline  # noqa: E402
 
 CONCEPTS = {"Color": ["red", "blue"], "Animals": ["cat", "dog"], "Material": ["wood", "metal"]}
@@ -24,7 +24,7 @@ def single_run_one_thread():
     torch.set_num_threads(1)
     try:
         model, clip = tiny_sd1_pipeline(0)
-        words = encode_concept_words(clip, CONCEPTS)
+        words = encode_concept_tokens(clip, CONCEPTS)
         return run_build(model, words, PROMPTS, SETTINGS, ComfyPromptSampler(clip_text_encoder(clip), SETTINGS),
                          optimized_attention())
     finally:

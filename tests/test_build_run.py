@@ -13,7 +13,7 @@ from hrv.build.run import BuildError, BuildSettings, Shard, merge_builds, run_bu
 from hrv.cli import main as cli_main
 from hrv.cli import parser as cli_parser
 from hrv.build.sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-from hrv.build.concept_embed import encode_concept_words, semantic_positions
+from hrv.build.concept_embed import encode_concept_tokens, encode_concept_words, semantic_positions
 from hrv.format.hrv_file import load, save
 from hrv.build.prompts import PromptError, imagenet_prompts, read_prompt_file
 from harness.tiny_pipeline import tiny_sd1_pipeline
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def pipeline():
     model, clip = tiny_sd1_pipeline(0)
-    return model, clip, encode_concept_words(clip, CONCEPTS)
+    return model, clip, encode_concept_tokens(clip, CONCEPTS)
 
 
 def build(pipeline, **kwargs):
@@ -59,8 +59,11 @@ def test_counts_are_well_formed_and_deterministic(pipeline, single_run):
     assert torch.equal(again.votes, h.votes) and again.provenance == h.provenance
 
 
-def test_concept_word_embeddings_average_the_semantic_tokens(pipeline):
-    _, clip, words = pipeline
+def test_concept_words_keep_their_semantic_tokens_and_average_them_for_all_words(pipeline):
+    _, clip, bank = pipeline
+    words = encode_concept_words(clip, CONCEPTS)
+    assert bank.words == words.words and torch.equal(bank.word_concept, words.word_concept)
+    assert bank.token_count.tolist() == [1, 1, 2, 1, 1, 1, 1]
     assert words.words == ["red", "blue", "dark green", "cat", "dog", "wood", "metal"]
     assert words.word_concept.tolist() == [0, 0, 0, 1, 1, 2, 2]
     tokens = clip.tokenize("dark green", return_word_ids=True)
@@ -68,6 +71,7 @@ def test_concept_word_embeddings_average_the_semantic_tokens(pipeline):
     assert positions == [1, 2]                                  # after the start token, before end/padding
     cond = clip.encode_from_tokens(tokens)                       # the word encoded alone, its own call
     assert torch.allclose(words.embeddings[2], cond[0, positions].float().mean(0), atol=1e-5)
+    assert torch.allclose(bank.word_tokens(2), cond[0, positions].float(), atol=1e-5)
 
 
 def test_sdxl_concept_words_concatenate_clip_l_and_clip_g():
@@ -110,7 +114,7 @@ def killed_run(checkpoint: str, kill_at_step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
     torch.set_num_threads(1)                                    # like the test process: identical floats
     model, clip = tiny_sd1_pipeline(0)
-    words = encode_concept_words(clip, CONCEPTS)
+    words = encode_concept_tokens(clip, CONCEPTS)
     run_build(model, words, PROMPTS, SETTINGS, ComfyPromptSampler(clip_text_encoder(clip), SETTINGS),
               optimized_attention(), checkpoint_path=checkpoint, checkpoint_every=2, progress=progress)
 
@@ -226,3 +230,21 @@ def test_cli_command_loads_the_checkpoint_and_refuses_to_overwrite(pipeline, tmp
     assert cli_main(argv + ["--resume"]) == 0                    # finished: verified, nothing sampled again
     assert torch.equal(load(out).votes, built.votes)
     assert cli_main(argv[:2] + ["missing.ckpt"] + argv[3:]) == 2
+
+
+def test_batched_prompts_vote_as_one_by_one(pipeline, single_run):
+    # 5 prompts in batches of 2: each row has its own seed's noise and its own word draws; euler is deterministic.
+    batched = build(pipeline, batch_size=2)
+    assert torch.equal(batched.votes, single_run.votes)
+    assert batched.provenance["batch_size"] == 2 and batched.provenance["fingerprint"] == single_run.provenance["fingerprint"]
+    with pytest.raises(BuildError, match="batch size"):
+        build(pipeline, batch_size=0)
+
+
+def test_estimator_is_recorded_and_all_words_is_an_explicit_choice(pipeline, single_run):
+    assert single_run.provenance["estimator"] == "paper" and single_run.provenance["words_sampled_per_concept"] == 1
+    old = build(pipeline, settings=BuildSettings(**{**SETTINGS.as_dict(), "estimator": "all_words"}))
+    assert old.provenance["estimator"] == "all_words" and old.provenance["words_sampled_per_concept"] == "all"
+    assert old.provenance["fingerprint"] != single_run.provenance["fingerprint"]
+    with pytest.raises(BuildError, match="unknown estimator 'best'"):
+        BuildSettings(estimator="best")

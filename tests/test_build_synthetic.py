@@ -13,7 +13,7 @@ from hrv.format.hrv_file import normalise_rows
 from harness.engineered import engineer_head_preferences
 from harness.tiny_pipeline import tiny_sd1_model
 from scripts.demo.unets import build_unet
-from hrv.build.votes import ConceptWords
+from hrv.build.estimator import ConceptTokenBank
 
 PROMPTS = ["a photo of a cat", "a red car", "an old castle"]
 
@@ -37,7 +37,7 @@ def engineered():
     pi = torch.randint(len(names), (128,), generator=torch.Generator().manual_seed(3))
     unet = build_unet("sd1", "tiny", seed=5)
     embeddings = engineer_head_preferences(unet, word_concept, pi, seed=11)
-    words = ConceptWords.from_embeddings(concepts, embeddings)
+    words = ConceptTokenBank.from_word_tokens(concepts, [e[None] for e in embeddings])   # one token per word
     return tiny_sd1_model(unet=unet), words, pi
 
 

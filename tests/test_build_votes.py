@@ -65,8 +65,11 @@ class _Attn2(torch.nn.Module):
 
 
 def _words(n_concepts=3, per=2, dim=16):
+    """A token bank of one-token words whose embeddings are the unit vectors e_0, e_1, ..."""
+    from hrv.build.estimator import ConceptTokenBank
     concepts = {f"c{i}": [f"w{i}_{j}" for j in range(per)] for i in range(n_concepts)}
-    return ConceptWords.from_embeddings(concepts, torch.eye(n_concepts * per, dim))
+    eye = torch.eye(n_concepts * per, dim)
+    return ConceptTokenBank.from_word_tokens(concepts, [eye[i:i + 1] for i in range(n_concepts * per)])
 
 
 def test_recorder_counts_the_rows_it_is_given_at_the_current_step():
@@ -74,7 +77,7 @@ def test_recorder_counts_the_rows_it_is_given_at_the_current_step():
     block = layout.blocks[0]                                 # 8 heads
     words = _words(dim=16)                                   # embeddings e_0..e_5; keys = to_k(e_w) = e_w (d = 2)
     attn = {block.key: _Attn2(8, 16, 16)}
-    recorder = VoteRecorder(layout, words, steps=3, attn_modules=attn)
+    recorder = VoteRecorder(layout, words, steps=3, attn_modules=attn, estimator="all_words")
     # cond rows: every head's query points at word 2*h % 6 -> concept (2h % 6) // 2; uncond rows at word 5 (concept 2).
     cond = torch.zeros(1, 4, 16)
     for h in range(8):
@@ -100,7 +103,7 @@ def test_recorder_counts_the_rows_it_is_given_at_the_current_step():
 def test_recorder_keeps_votes_past_the_last_step_in_the_last_row():
     layout = known_layout("sd1")
     block = layout.blocks[0]
-    recorder = VoteRecorder(layout, _words(), steps=2, attn_modules={block.key: _Attn2(8, 16, 16)})
+    recorder = VoteRecorder(layout, _words(), steps=2, attn_modules={block.key: _Attn2(8, 16, 16)}, estimator="all_words")
     recorder.start_prompt()
     recorder.end_step(5)
     recorder.record(block.key, torch.randn(1, 4, 16), {"n_heads": 8})
@@ -146,7 +149,7 @@ def test_only_conditionings_with_a_vote_request_vote_and_existing_replacements_r
     model.set_model_attn2_replace(other_attn2, "input", 1)               # per block (2-tuple key)
     model.set_model_attn2_replace(other_attn2, "output", 3, 0)           # per transformer
     before = model.model_options["transformer_options"]["patches_replace"]["attn2"].copy()
-    patched, recorder = install_vote_patches(model, _words(dim=768), 2, optimized_attention=None)
+    patched, recorder = install_vote_patches(model, _words(dim=768), 2, optimized_attention=None, estimator="all_words")
     after = model.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert after == before                                                 # the input model is untouched
     replaced = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
@@ -173,3 +176,24 @@ def test_install_rejects_embeddings_of_another_text_encoder():
     from harness.tiny_pipeline import tiny_sd1_model
     with pytest.raises(ConceptWordsError, match="1280 dims but cross-attention .* expects 768"):
         install_vote_patches(tiny_sd1_model(), _words(dim=1280), 2, optimized_attention=None)
+
+
+def test_paper_estimator_votes_with_the_words_drawn_for_each_prompt_step_and_transformer():
+    from hrv.build.estimator import paper_head_votes, sample_word_indices
+    layout = known_layout("sd1")
+    block = layout.blocks[3]                                 # the 4th transformer: word draws use index 3
+    bank = _words(n_concepts=3, per=3, dim=16)
+    recorder = VoteRecorder(layout, bank, steps=4, attn_modules={block.key: _Attn2(8, 16, 16)}, seed=11)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 6, 16, generator=g) * 3               # two prompts of one batched run
+    schedule = torch.tensor([9.0, 5.0, 2.0, 1.0, 0.0])
+    recorder.start_prompt([7, 2])
+    recorder.record(block.key, q, {"n_heads": 8, "sigmas": torch.tensor([2.0, 2.0]), "sample_sigmas": schedule})
+    counts = recorder.take_prompt_counts()
+    keys = recorder.concept_keys(block.key, q)
+    words = torch.stack([sample_word_indices(bank, 11, p, 2, 3) for p in (7, 2)])
+    expected = paper_head_votes(q, keys, 8, bank, words)     # [2, 8]
+    assert counts.sum() == 16 and counts[2].sum() == 16      # step 2 (sigma 2.0), one vote per head and prompt
+    for h in range(8):
+        column = counts[2, :, block.first_column + h]
+        assert column.sum() == 2 and all(column[c] >= 1 for c in expected[:, h].tolist())

@@ -10,6 +10,7 @@ from PIL import Image
 from hrv.comfy_host import PACK_DIR
 
 EXAMPLES = sorted(glob.glob(os.path.join(PACK_DIR, "example_workflows", "*.json")))
+STEERING_NODES = {"HRVTextEncode", "HRVConceptStrengthen", "HRVConceptAdjust", "HRVOrderedWeakening"}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,38 @@ def test_inspect_example(hrv_models):
     assert image.shape[0] > 300 and image.shape[1] > 800 and image.std() > 10
 
 
+def _nodes(name):
+    with open(os.path.join(PACK_DIR, "example_workflows", f"{name}.json"), encoding="utf-8") as f:
+        return json.load(f)["nodes"]
+
+
+def test_examples_use_the_text_encoders_without_primitive_fan_out():
+    """The HRV nodes encode their own text now: no Primitive node, no old `prompt` socket, every HRV steering node
+    feeds a sampler both its model and its conditioning."""
+    for path in EXAMPLES:
+        with open(path, encoding="utf-8") as f:
+            workflow = json.load(f)
+        name = os.path.basename(path)
+        types = {n["type"] for n in workflow["nodes"]}
+        assert not any(t.startswith("Primitive") for t in types), name
+        links = {link[0]: link for link in workflow["links"]}
+        by_id = {n["id"]: n for n in workflow["nodes"]}
+        for node in workflow["nodes"]:
+            assert "prompt" not in {i["name"] for i in node.get("inputs", [])}, (name, node["type"])
+            if node["type"] in STEERING_NODES:
+                model_to, cond_to = ({by_id[links[l][3]]["type"] for l in out["links"]} for out in node["outputs"])
+                assert model_to == {"KSampler"} and cond_to == {"KSampler"}, (name, node["type"])
+
+
+def test_polysemy_example_marks_the_words_inline():
+    texts = [n["widgets_values"][0] for n in _nodes("concept_adjust_polysemy") if n["type"] == "HRVTextEncode"]
+    assert texts == ["A [rose-colored:Color-Plants] vase on a table",
+                     "An [Apple:Brand Logos-Fruits and Vegetables] logo on a laptop"]
+    plain = [n["widgets_values"][0] for n in _nodes("concept_adjust_polysemy")
+             if n["type"] == "CLIPTextEncode" and n.get("title", "").startswith("Baseline")]
+    assert plain == ["A rose-colored vase on a table", "An Apple logo on a laptop"]
+
+
 def test_polysemy_example_changes_only_the_steered_images(hrv_models):
     image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "concept_adjust_polysemy.json"))
     assert np.isfinite(image).all()
@@ -74,11 +107,20 @@ def test_polysemy_example_changes_only_the_steered_images(hrv_models):
 def test_strengthen_example(hrv_models):
     image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "concept_strengthen_material.json"))
     (plain, steered), = _tiles(image, 1, 2)
+    assert plain.shape == (256, 256, 3)
     assert np.abs(plain - steered).mean() > 0.5
 
 
 def test_ordered_weakening_example(hrv_models):
+    """Rows MoRHF and LeRHF; columns k = 0 (the same baseline in both rows) and the example's k values."""
+    ks = [n["widgets_values"] for n in _nodes("ordered_weakening_grid") if n["type"] == "HRVOrderedWeakening"]
+    assert {(w[1], w[2]) for w in ks} == {("*", "Animals")} and len(ks) >= 4
+    columns = 1 + len(ks) // 2
     image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "ordered_weakening_grid.json"))
-    # Baseline on the left (centred against the 2x2 grid), grid of MoRHF/LeRHF x k on the right.
-    assert image.shape[1] > 2 * 256 and np.isfinite(image).all()
-    assert image.std() > 1
+    assert np.isfinite(image).all()
+    tiles = _tiles(image, 2, columns)
+    assert tiles[0][0].shape == (256, 256, 3) and tiles[0][0].std() > 1
+    assert np.array_equal(tiles[0][0], tiles[1][0]), "both rows start from the same baseline"
+    for row in tiles:
+        for tile in row[1:]:
+            assert np.abs(tile - row[0]).mean() > 0.5, "a weakened image equals the baseline"

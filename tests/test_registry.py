@@ -18,7 +18,7 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 COMFY_CLI = os.path.join(PACK_DIR, ".venv-tools", "bin", "comfy")
-FIRST_NODES = {"HRVLoader", "HRVInspect", "HRVConceptStrengthen", "HRVConceptAdjust", "HRVOrderedWeakening"}
+FIRST_NODES = {"HRVLoader", "HRVInspect", "HRVTextEncode", "HRVConceptStrengthen", "HRVConceptAdjust", "HRVOrderedWeakening"}
 # Registry node id: < 100 characters; letters, digits, '-', '_', '.'; no two special characters in a row;
 # starts with a letter (https://docs.comfy.org/registry/specifications).
 NODE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_.][A-Za-z0-9]+)*$")

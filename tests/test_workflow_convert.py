@@ -1,5 +1,6 @@
 """ui_to_api against ComfyUI's real node definitions: what the frontend does when it queues a workflow."""
 import asyncio
+import os
 import random
 
 import pytest
@@ -160,3 +161,36 @@ def test_errors_name_the_fix(defs):
     workflow["definitions"] = {"subgraphs": [{"id": "x"}]}
     with pytest.raises(WorkflowError, match="subgraphs"):
         ui_to_api(workflow, defs)
+
+
+@pytest.fixture(scope="module")
+def defs_with_hrvs(comfyui, comfy_base, reference_dir):
+    """Node definitions with the official HRVs in models/hrv/, so HRV Loader validates."""
+    from hrv.format.official import import_official
+    import_official(reference_dir, os.path.join(comfy_base, "models", "hrv"))
+    return comfyui.object_info()
+
+
+def test_hrv_text_encode_replaces_clip_text_encode(defs_with_hrvs):
+    """An HRV text encoder in the place of the positive CLIP Text Encode: its widgets (marks kept as typed, they are
+    no dynamic-prompt syntax) and its model and conditioning outputs map to the sampler, and ComfyUI accepts it."""
+    defs = defs_with_hrvs
+    assert widget_slots(defs["HRVTextEncode"]) == ["text", "preset", "w_desired", "w_undesired", "offset", "clamp",
+                                                   "start_percent", "end_percent"]
+    g = txt2img()
+    text = r"A [rose-colored:Color-Plants] vase, (detailed:1.2), \[literal\] {red|red} // comment"
+    g.node(20, "HRVLoader", ["sd1_official.safetensors"], outputs=("HRV", "STRING"))
+    g.node(21, "HRVTextEncode", [text, "auto", 1.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+           inputs=[("model", "MODEL"), ("clip", "CLIP"), ("hrv", "HRV")], outputs=("MODEL", "CONDITIONING"))
+    g.link(1, 0, 21, 0)
+    g.link(1, 1, 21, 1)
+    g.link(20, 0, 21, 2)
+    g.link(21, 0, 5, 0)      # sampler.model <- HRV Text Encode.model
+    g.link(21, 1, 5, 1)      # sampler.positive <- HRV Text Encode.conditioning
+    prompt = ui_to_api(g.workflow(), defs)
+    assert prompt["21"]["inputs"] == {"text": r"A [rose-colored:Color-Plants] vase, (detailed:1.2), \[literal\] red ",
+                                      "preset": "auto", "w_desired": 1.0, "w_undesired": 1.0, "offset": 1.0,
+                                      "clamp": 0.0, "start_percent": 0.0, "end_percent": 1.0,
+                                      "model": ["1", 0], "clip": ["1", 1], "hrv": ["20", 0]}
+    assert prompt["5"]["inputs"]["model"] == ["21", 0] and prompt["5"]["inputs"]["positive"] == ["21", 1]
+    assert validate(prompt)[0], validate(prompt)

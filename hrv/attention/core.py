@@ -69,9 +69,10 @@ def install_core(model, processors: Iterable = (), optimized_attention=None):
         if source == "transformer" and is_core_fn(fn):
             continue
         m.set_model_attn2_replace(make_core_fn(key, fn or default, source), *key)
-    outer = comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
-    if not m.get_wrappers(outer, WRAPPER_KEY):
-        m.add_wrapper_with_key(outer, WRAPPER_KEY, outer_sample_wrapper)
+    wrappers = comfy.patcher_extension.WrappersMP
+    for kind, wrapper in ((wrappers.OUTER_SAMPLE, outer_sample_wrapper), (wrappers.CALC_COND_BATCH, calc_cond_batch_wrapper)):
+        if not m.get_wrappers(kind, WRAPPER_KEY):
+            m.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     return m
 
 
@@ -96,3 +97,16 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         guider.model_options = original
         run.finish()
+
+
+def calc_cond_batch_wrapper(executor, model, conds, *args, **kwargs):
+    """Per calc_cond_batch call: tells the run which chunks carry one conditioning's uuid but another's context."""
+    model_options = kwargs["model_options"] if "model_options" in kwargs else args[-1] if args else {}
+    run = (model_options or {}).get("transformer_options", {}).get(CORE_KEY)
+    if type(run) is not RunState:
+        return executor(model, conds, *args, **kwargs)
+    previous = run.begin_batch(conds)
+    try:
+        return executor(model, conds, *args, **kwargs)
+    finally:
+        run.borrowed = previous

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Mapping
 
 from .adapter import installed_replacement
-from .chunks import Chunk, CondEntry, call_uuids, split_chunks
+from .chunks import Chunk, CondEntry, borrowed_uuids, borrows_uuid, call_uuids, split_chunks
 from .processor import AttnCall
 from .requests import requests_of
 
@@ -42,6 +42,10 @@ class RunState:
         self.output = None                 # the sampled latent, set when the run completes (end_run sees it)
         self.ran: set = set()              # transformers where the core ran
         self._chunks: dict = {}
+        # (cond_or_uncond, uuid) -> owner uuid for the chunks of the current calc_cond_batch call that carry one
+        # conditioning's uuid but another's context (chunks.borrowed_uuids); set by begin_batch.
+        self.borrowed: dict = {}
+        self._borrows: dict = {}
         self.shadowed, self.inner_override = self._inspect_replacements(attn2_replacements or {}, keys)
         missing = sorted({f for e in self.entries.values() for f in e.requests} - set(self.processors))
         if missing:
@@ -70,6 +74,19 @@ class RunState:
             return float("inf") if percent <= 0 else 0.0
         return float(self.model_sampling.percent_to_sigma(percent))
 
+    def begin_batch(self, conds) -> dict:
+        """Called with the processed conds of each calc_cond_batch call (list i = cond_or_uncond i); returns the
+        previous `borrowed` for the caller to restore."""
+        previous = self.borrowed
+        self.borrowed = borrowed_uuids(conds, self._borrows_cached) if self.entries else {}
+        return previous
+
+    def _borrows_cached(self, cond) -> bool:
+        found = self._borrows.get(id(cond))
+        if found is None:
+            found = self._borrows[id(cond)] = (cond, borrows_uuid(cond))   # the cond is kept so its id stays unique
+        return found[1]
+
     def chunks_for(self, uuids, batch: int) -> list[tuple[str, list[Chunk]]]:
         """[(feature, its chunks)] of a call, in the order the processors were installed."""
         key = (tuple(uuids), batch)
@@ -90,7 +107,7 @@ class RunState:
         self.ran.add(key)
         if inner_source != "transformer":
             inner = self.inner_override.get(key, inner)
-        uuids = call_uuids(extra_options)
+        uuids = call_uuids(extra_options, self.borrowed)
         if uuids and self.entries:
             work = self.chunks_for(uuids, q.shape[0])
             if work:
@@ -116,3 +133,4 @@ class RunState:
                 end(self)
         self.cache.clear()
         self._chunks.clear()
+        self._borrows.clear()

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 
+from .estimator import DEFAULT_ESTIMATOR, ESTIMATORS
 from .run import BuildError, BuildSettings, Shard, merge_builds, run_build
 from ..format.hrv_file import HRV, load, save
 
@@ -29,7 +30,7 @@ def partial_path(out: str) -> str:
 def settings_from_args(args) -> BuildSettings:
     return BuildSettings(steps=args.steps, cfg=args.cfg, seed=args.seed, sampler=args.sampler,
                          scheduler=args.scheduler, width=args.width, height=args.height,
-                         negative_prompt=args.negative)
+                         negative_prompt=args.negative, estimator=args.estimator)
 
 
 def prompts_from_args(args) -> list[str]:
@@ -69,12 +70,12 @@ class _Bar:
 def build_with(args, model, clip, model_id=None) -> HRV:
     """The build loop of `python -m hrv build` on an already loaded (model, clip); writes args.out."""
     from .sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-    from .concept_embed import encode_concept_words
+    from .concept_embed import encode_concept_tokens
     _check_out(args)
     settings = settings_from_args(args)
     prompts = prompts_from_args(args)
     shard = Shard.parse(args.shard)
-    words = encode_concept_words(clip, concepts_from_args(args))
+    words = encode_concept_tokens(clip, concepts_from_args(args))
     checkpoint = partial_path(args.out)
     if args.resume and os.path.exists(args.out) and not os.path.exists(checkpoint):
         checkpoint = args.out  # a finished build: run_build checks it matches and returns it
@@ -82,7 +83,8 @@ def build_with(args, model, clip, model_id=None) -> HRV:
     try:
         hrv = run_build(model, words, prompts, settings, ComfyPromptSampler(clip_text_encoder(clip), settings),
                         optimized_attention(), shard=shard, checkpoint_path=checkpoint, resume=args.resume,
-                        checkpoint_every=args.checkpoint_every, progress=bar, model_id=model_id)
+                        checkpoint_every=args.checkpoint_every, progress=bar, model_id=model_id,
+                        batch_size=args.batch)
     finally:
         bar.close()
     save(hrv, args.out)
@@ -127,7 +129,7 @@ def build_on_ray(args, loader, model_id=None) -> HRV:
         hrv = run_build_ray(loader, prompts_from_args(args), concepts_from_args(args), settings_from_args(args),
                             address=args.ray_address, num_shards=args.ray_shards, work_dir=work_dir,
                             resume=args.resume, cpus_per_task=args.ray_cpus_per_task, model_id=model_id,
-                            checkpoint_every=args.checkpoint_every, progress=bar)
+                            checkpoint_every=args.checkpoint_every, progress=bar, batch_size=args.batch)
     finally:
         bar.close()
     save(hrv, args.out)
@@ -157,6 +159,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--width", type=int, default=512, help="image width in pixels (SDXL: use 1024)")
     s.add_argument("--height", type=int, default=512, help="image height in pixels (SDXL: use 1024)")
     s.add_argument("--negative", default="", help="negative prompt of the unconditional pass (default empty)")
+    s.add_argument("--estimator", default=DEFAULT_ESTIMATOR, choices=ESTIMATORS,
+                   help="paper: one sampled word per concept at every call, every token its own key (arXiv 2412.02237, "
+                        "Sec. 3); all_words: every word in one softmax, one key per word (this pack's first builder)")
+    s.add_argument("--batch", type=int, default=1, help="prompts sampled together in one latent batch (GPU: 8-16)")
     s.add_argument("--shard", default="0/1", help="build only prompts i with i %% N == I; merge the shards with `merge`")
     s.add_argument("--resume", action="store_true", help="continue a killed run from its .partial file")
     s.add_argument("--checkpoint-every", type=int, default=8, help="save the counts every this many prompts")

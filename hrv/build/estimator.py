@@ -10,8 +10,8 @@ At every cross-attention call of the conditional pass, and for every head h of t
 The earlier estimator ("all_words": every word of every concept in one softmax, one key per word
 from its mean token embedding) stays available for comparison (votes.head_vote_concepts).
 
-Pure torch. The sampled words depend only on (build seed, prompt index, step, transformer), drawn
-with a CPU torch.Generator, so sharded and resumed builds vote exactly as one uninterrupted run.
+Pure torch. The sampled words depend only on (build seed, prompt index, step, transformer), through a
+counter-based integer hash, so sharded and resumed builds vote exactly as one uninterrupted run.
 
 Use in a vote processor:
     bank = encode_concept_tokens(clip, concepts)                   # once (hrv.build.concept_embed)
@@ -22,10 +22,8 @@ Use in a vote processor:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -219,15 +217,46 @@ def scaled_keys(to_k: Callable[[torch.Tensor], torch.Tensor], embeddings: torch.
 
 # --- word sampling ------------------------------------------------------------------------------
 
-def call_seed(seed: int, prompt_index: int, step: int, transformer_index: int) -> int:
-    """A 63-bit generator seed for one (build seed, prompt, step, transformer).
+_MASK64 = (1 << 64) - 1
 
-    A hash, not a sum: seed + prompt_index would give prompt 1 of seed 0 the words of prompt 0
-    of seed 1. blake2b is the same on every platform and Python version.
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+# splitmix64's finalizer constants and the golden-ratio increment, as wrapping int64 arithmetic.
+_GAMMA, _MUL1, _MUL2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = x + _GAMMA
+    x = (x ^ _shift_right(x, 30)) * _MUL1
+    x = (x ^ _shift_right(x, 27)) * _MUL2
+    return x ^ _shift_right(x, 31)
+
+
+def word_uniforms(seed, prompt_index, step, transformer_index, num_concepts: int) -> torch.Tensor:
+    """float64 [..., C] in [0, 1): a counter-based hash of (seed, prompt, step, transformer, concept).
+
+    Integer arithmetic only, so it is the same on every machine; arguments broadcast as int64 tensors, so a whole
+    prompt's table is a handful of vectorised ops, not thousands of seeded generators. Each argument is mixed in
+    turn: seed + prompt_index would give prompt 1 of seed 0 the words of prompt 0 of seed 1.
     """
-    packed = struct.pack("<4q", int(seed), int(prompt_index), int(step), int(transformer_index))
-    digest = hashlib.blake2b(packed, digest_size=8, person=b"hrv-words").digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+    h = _mix(torch.as_tensor(seed, dtype=torch.int64))
+    for part in (prompt_index, step, transformer_index):
+        h = _mix(h ^ torch.as_tensor(part, dtype=torch.int64))
+    h = _mix(h[..., None] ^ torch.arange(num_concepts, dtype=torch.int64))
+    return _shift_right(h, 11).to(torch.float64) * (1.0 / (1 << 53))
+
+
+def _pick(bank: ConceptTokenBank, u: torch.Tensor) -> torch.Tensor:
+    counts = bank.concept_num_words
+    return bank.concept_first_word + torch.minimum((u * counts).to(torch.int64), counts - 1)
 
 
 def sample_word_indices(bank: ConceptTokenBank, seed: int, prompt_index: int, step: int,
@@ -239,17 +268,14 @@ def sample_word_indices(bank: ConceptTokenBank, seed: int, prompt_index: int, st
     its position in HeadLayout.blocks (ComfyUI's extra_options["transformer_index"] counts
     SpatialTransformers, which hold up to 10 attn2 in SDXL, so it is not unique per attn2).
     """
-    generator = torch.Generator(device="cpu").manual_seed(call_seed(seed, prompt_index, step, transformer_index))
-    u = torch.rand(bank.num_concepts, generator=generator, dtype=torch.float64)             # [C] in [0, 1)
-    counts = bank.concept_num_words
-    pick = torch.minimum((u * counts).to(torch.int64), counts - 1)                             # [C] in [0, n_c)
-    return bank.concept_first_word + pick
+    return _pick(bank, word_uniforms(seed, prompt_index, step, transformer_index, bank.num_concepts))
 
 
 def sample_word_indices_batch(bank: ConceptTokenBank, seed: int, prompt_indices: Sequence[int], step: int,
                               transformer_index: int) -> torch.Tensor:
     """int64 [B, C]: sample_word_indices for each prompt of a batched sampling run, row b for prompt_indices[b]."""
-    return torch.stack([sample_word_indices(bank, seed, p, step, transformer_index) for p in prompt_indices])
+    prompts = torch.tensor(list(prompt_indices), dtype=torch.int64)
+    return _pick(bank, word_uniforms(seed, prompts, step, transformer_index, bank.num_concepts))
 
 
 def sample_word_table(bank: ConceptTokenBank, seed: int, prompt_index: int, steps: int,
@@ -259,8 +285,9 @@ def sample_word_table(bank: ConceptTokenBank, seed: int, prompt_index: int, step
     Moved to the sampling device once per prompt, the table is indexed by a step tensor that
     stays on the device, so choosing the words costs no host sync during sampling.
     """
-    return torch.stack([torch.stack([sample_word_indices(bank, seed, prompt_index, s, t)
-                                     for t in range(num_transformers)]) for s in range(steps)])
+    step = torch.arange(steps, dtype=torch.int64)[:, None]
+    transformer = torch.arange(num_transformers, dtype=torch.int64)[None, :]
+    return _pick(bank, word_uniforms(seed, prompt_index, step, transformer, bank.num_concepts))
 
 
 # --- scoring ------------------------------------------------------------------------------------

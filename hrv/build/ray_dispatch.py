@@ -40,12 +40,13 @@ def runtime_env(address: str | None) -> dict:
 
 
 def build_shard(loader: Callable, prompts: list[str], concepts: dict, settings: BuildSettings, shard: Shard,
-                checkpoint_path: str | None, resume: bool, model_id, checkpoint_every: int, tracker=None) -> HRV:
+                checkpoint_path: str | None, resume: bool, model_id, checkpoint_every: int, tracker=None,
+                batch_size: int = 1) -> HRV:
     """Body of one Ray task (also callable directly): load, embed the concept words, build the shard."""
     from .sampling import ComfyPromptSampler, clip_text_encoder, optimized_attention
-    from .concept_embed import encode_concept_words
+    from .concept_embed import encode_concept_tokens
     model, clip = loader()
-    words = encode_concept_words(clip, concepts)
+    words = encode_concept_tokens(clip, concepts)
 
     def report(done, total):
         tracker.report.remote(shard.index, done, total)   # fire and forget: never waits for the driver
@@ -55,7 +56,7 @@ def build_shard(loader: Callable, prompts: list[str], concepts: dict, settings: 
     return run_build(model, words, prompts, settings, ComfyPromptSampler(clip_text_encoder(clip), settings),
                      optimized_attention(), shard=shard, checkpoint_path=checkpoint_path, resume=resume,
                      checkpoint_every=checkpoint_every, progress=report if tracker is not None else None,
-                     model_id=model_id)
+                     model_id=model_id, batch_size=batch_size)
 
 
 class ProgressTracker:
@@ -83,7 +84,8 @@ def shard_plan(ray, num_shards: int | None, cpus_per_task: int) -> tuple[int, di
 def run_build_ray(loader: Callable, prompts: list[str], concepts: dict, settings: BuildSettings, *,
                   address: str | None = None, num_shards: int | None = None, work_dir: str | None = None,
                   resume: bool = False, cpus_per_task: int = 1, model_id=None, checkpoint_every: int = 8,
-                  progress: Callable[[int, int], None] | None = None, init_options: dict | None = None) -> HRV:
+                  progress: Callable[[int, int], None] | None = None, init_options: dict | None = None,
+                  batch_size: int = 1) -> HRV:
     """Build on a Ray cluster (address) or a local Ray started here; returns the merged HRV."""
     ray = import_ray()
     started = False
@@ -102,7 +104,7 @@ def run_build_ray(loader: Callable, prompts: list[str], concepts: dict, settings
         for i in range(count):
             checkpoint = os.path.join(work_dir, f"shard_{i}_of_{count}.partial.safetensors") if work_dir else None
             refs.append(remote_build.remote(loader, prompts, concepts, settings, Shard(i, count), checkpoint,
-                                            resume, model_id, checkpoint_every, tracker))
+                                            resume, model_id, checkpoint_every, tracker, batch_size))
         pending = list(refs)
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)

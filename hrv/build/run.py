@@ -19,7 +19,8 @@ from typing import Callable, Protocol
 import torch
 
 from ..format.hrv_file import HRV, HRVFileError, load, normalise_rows, save
-from .votes import ConceptWords, install_vote_patches
+from .estimator import DEFAULT_ESTIMATOR, ESTIMATOR_HELP, ConceptTokenBank, check_estimator
+from .votes import install_vote_patches
 
 log = logging.getLogger("hrv.build")
 
@@ -41,6 +42,7 @@ class BuildSettings:
     width: int = 512
     height: int = 512
     negative_prompt: str = ""
+    estimator: str = DEFAULT_ESTIMATOR
 
     def __post_init__(self):
         if int(self.steps) < 1:
@@ -49,6 +51,10 @@ class BuildSettings:
             raise BuildError(f"cfg must be a positive number, got {self.cfg}")
         if self.width < 8 or self.height < 8 or self.width % 8 or self.height % 8:
             raise BuildError(f"width and height must be multiples of 8 (at least 8), got {self.width}x{self.height}")
+        try:
+            check_estimator(self.estimator)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
         if self.sampler in UNSUPPORTED_SAMPLERS:
             raise BuildError(f"sampler {self.sampler!r} cannot be used to build HRVs: "
                              f"{UNSUPPORTED_SAMPLERS[self.sampler]}; pick euler or another fixed-step sampler")
@@ -107,8 +113,11 @@ def make_hrv(votes: torch.Tensor, layout, concepts: list[str], provenance: dict)
                votes=votes.clone(), per_timestep=torch.stack([normalise_rows(v) for v in votes]))
 
 
-def _provenance(prompts, words, settings, shard, fingerprint, model_id, built, complete) -> dict:
+def _provenance(prompts, words, settings, shard, fingerprint, model_id, built, complete, batch_size=1) -> dict:
     provenance = {"source": "built", "method": "head votes, arXiv 2412.02237 Sec. 3",
+                  "estimator_description": ESTIMATOR_HELP[settings.estimator],
+                  "words_sampled_per_concept": 1 if settings.estimator == "paper" else "all",
+                  "batch_size": batch_size,
                   "prompts": len(prompts), "prompts_sha256": prompts_sha256(prompts),
                   "prompts_built": built, "complete": complete, **settings.as_dict(),
                   "seed_rule": "seed + prompt index", "concept_set": words.as_dict(),
@@ -134,7 +143,7 @@ def _resume_state(path: str, fingerprint: str, shard: Shard, shape) -> tuple[tor
     return previous.votes.clone(), int(p.get("prompts_built", 0)), bool(p.get("complete"))
 
 
-def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSettings, sample_prompt: PromptSampler,
+def run_build(model, words: ConceptTokenBank, prompts: list[str], settings: BuildSettings, sample_prompt: PromptSampler,
               optimized_attention, *, shard: Shard = Shard(), checkpoint_path: str | None = None, resume: bool = False,
               checkpoint_every: int = 8, checkpoint_seconds: float = 120.0,
               progress: Callable[[int, int], None] | None = None, model_id=None, batch_size: int = 1) -> HRV:
@@ -151,7 +160,8 @@ def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSet
         raise BuildError("the prompt batch is empty")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BuildError(f"the batch size must be a whole number of prompts, at least 1, got {batch_size!r}")
-    patched, recorder = install_vote_patches(model, words, settings.steps, optimized_attention)
+    patched, recorder = install_vote_patches(model, words, settings.steps, optimized_attention, settings.estimator,
+                                             settings.seed)
     layout = recorder.layout
     fingerprint = build_fingerprint(prompts, words.as_dict(), settings, layout.compact(), model_id)
     indices = shard.prompt_indices(len(prompts))
@@ -167,7 +177,7 @@ def run_build(model, words: ConceptWords, prompts: list[str], settings: BuildSet
 
     def snapshot(complete: bool) -> HRV:
         return make_hrv(votes, layout, words.names, _provenance(prompts, words, settings, shard, fingerprint,
-                                                          model_id, done, complete))
+                                                          model_id, done, complete, batch_size))
 
     total_steps = len(indices) * settings.steps
     if progress:

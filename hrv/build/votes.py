@@ -1,12 +1,11 @@
 """Head votes of an HRV build (paper, Sec. 3): which concept each cross-attention head attends to.
 
-For every attn2 call of the conditional pass and every head h of that block:
-    p_h = mean over positions n of softmax_w(q_h[n] . k_h[w] / sqrt(d))        [W concept words]
-and head h gives one vote to the concept of argmax_w p_h. Only the W concept keys are scored
-here; the prompt's own attention runs untouched in the inner attention (fused kernel or the
-replacement that was already installed), so building never changes what the model computes.
-
-Pure torch: the ComfyUI attention function is passed in by the caller.
+At every attn2 call, for the rows of the conditionings that carry a vote request, every head votes
+for one concept (estimator.py: the paper's estimator, one sampled word per concept, by default;
+"all_words", every word in one softmax, below). Only the concept keys are scored here; the prompt's
+own attention runs untouched in the inner attention (fused kernel or the replacement that was
+already installed), so building never changes what the model computes. VoteProcessor is the
+build's processor of the attention core.
 """
 from __future__ import annotations
 
@@ -79,6 +78,9 @@ class ConceptWords:
         return out
 
 
+# --- the "all_words" estimator: p_h = mean over positions of softmax_w(q_h . k_h[w] / sqrt(d)) over all W words,
+# one key per word (its mean token embedding); head h votes for the concept of argmax_w p_h.
+
 def mean_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int,
                         max_elements: int | None = None) -> torch.Tensor:
     """Mean over positions of each head's softmax over the concept words.
@@ -116,32 +118,46 @@ class VoteRecorder:
     take_prompt_counts() moves the finished prompt's int64 [S, C, H] counts to the CPU.
     """
 
-    def __init__(self, layout: HeadLayout, words: ConceptWords, steps: int, attn_modules: dict,
-                 max_elements: int | None = None):
+    def __init__(self, layout: HeadLayout, bank, steps: int, attn_modules: dict, estimator: str = "paper",
+                 seed: int = 0, max_elements: int | None = None):
+        from .estimator import check_estimator
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         self.layout = layout
-        self.words = words
+        self.bank = bank                          # ConceptTokenBank: every concept word's semantic tokens
+        self.estimator = check_estimator(estimator)
+        self.words = bank.concept_words()         # the all_words estimator's one key per word
+        self.seed = int(seed)
         self.steps = int(steps)
         self.attn_modules = attn_modules
         self.max_elements = max_elements
         self.step = 0
+        self.prompt_indices: tuple = (0,)
         self.counts: torch.Tensor | None = None   # int64 [S, C, H] on the sampling device
-        self._keys: dict = {}                     # attn2 key -> [W, heads*d] scaled keys
+        self._keys: dict = {}                     # attn2 key -> scaled keys [T_all | W, heads*d]
         self._word_concept: dict = {}             # device -> int64 [W]
         self._columns: dict = {}                  # (attn2 key, device) -> int64 [heads]
+        self._position = {b.key: i for i, b in enumerate(layout.blocks)}   # transformer number of the word draw
+        self._tables: dict = {}                   # device -> int64 [B, S, T, C] words of this run's prompts
         self._step_for: tuple = (None, None)      # (sigmas tensor of the current model call, its step)
+        self.start_prompt()
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.steps, self.words.num_concepts, self.layout.num_heads)
+        return (self.steps, self.bank.num_concepts, self.layout.num_heads)
 
     def start_prompt(self, prompt_indices=(0,)) -> None:
         """A new sampling run of the prompts prompt_indices (its latent rows in that order)."""
+        from .estimator import sample_word_table
         self.prompt_indices = tuple(int(i) for i in prompt_indices)
         self.counts = None
         self.step = 0
         self._step_for = (None, None)
+        self._tables = {}
+        if self.estimator == "paper":
+            # Every call's words for the whole run, drawn up front: sampling never waits on the host for them.
+            self._tables["cpu"] = torch.stack([sample_word_table(self.bank, self.seed, i, self.steps, len(self._position))
+                                               for i in self.prompt_indices])
 
     def end_step(self, step_index: int) -> None:
         """Sampler callback: step `step_index` is done (used only when ComfyUI gives no sample_sigmas)."""
@@ -154,15 +170,29 @@ class VoteRecorder:
         return counts
 
     def concept_keys(self, key, like: torch.Tensor) -> torch.Tensor:
-        """[W, heads*d] = attn2.to_k(word embeddings) / sqrt(d), once per run and block."""
+        """attn2.to_k(embeddings) / sqrt(d), once per run and block: every bank token [T_all, heads*d] for the
+        paper's estimator, one mean embedding per word [W, heads*d] for all_words."""
         keys = self._keys.get(key)
         if keys is None or keys.device != like.device or keys.dtype != like.dtype:
             attn2 = self.attn_modules[key]
             d = attn2.to_k.weight.shape[0] // int(attn2.heads)
+            embeddings = self.bank.tokens if self.estimator == "paper" else self.words.embeddings
             # Through the module, so ComfyUI's weight casting and LoRA patches apply.
-            keys = attn2.to_k(self.words.embeddings.to(device=like.device, dtype=like.dtype)) * (1.0 / math.sqrt(d))
+            keys = attn2.to_k(embeddings.to(device=like.device, dtype=like.dtype)) * (1.0 / math.sqrt(d))
             self._keys[key] = keys
         return keys
+
+    def sampled_words(self, key, rows: int, step: torch.Tensor, device) -> torch.Tensor:
+        """int64 [rows, C] on `device`: each row's words at this step and transformer (rows follow the prompts)."""
+        table = self._tables.get(device)
+        if table is None:
+            table = self._tables[device] = self._tables["cpu"].to(device)
+        words = table[:, step, self._position[key]]                              # [B, C], no host sync
+        if rows != words.shape[0]:
+            if rows % words.shape[0]:
+                raise ValueError(f"{rows} voting rows do not match the {words.shape[0]} prompts of this run")
+            words = words.repeat(rows // words.shape[0], 1)
+        return words
 
     def current_step(self, extra_options: dict, device) -> torch.Tensor:
         """int64 scalar tensor on `device`: the step whose noise level this model call runs at.
@@ -186,17 +216,23 @@ class VoteRecorder:
 
     def record(self, key, cond: torch.Tensor, extra_options: dict) -> None:
         """Count the votes of the projected queries cond [B, N, heads*d] of the conditionings that vote."""
+        from .estimator import paper_head_votes
         heads = int(extra_options["n_heads"])
         device = cond.device
-        concepts = head_vote_concepts(cond, self.concept_keys(key, cond), heads,
-                                      _cached(self._word_concept, device, device, lambda: self.words.word_concept),
-                                      self.max_elements)                          # [Bc, heads]
+        step = self.current_step(extra_options, device)
+        if self.estimator == "paper":
+            concepts = paper_head_votes(cond, self.concept_keys(key, cond), heads, self.bank,
+                                        self.sampled_words(key, cond.shape[0], step, device), self.max_elements)
+        else:
+            concepts = head_vote_concepts(cond, self.concept_keys(key, cond), heads,
+                                          _cached(self._word_concept, device, device, lambda: self.words.word_concept),
+                                          self.max_elements)                      # [Bc, heads]
         block = self.layout.block(key)
         columns = _cached(self._columns, (key, device), device,
                           lambda: torch.arange(block.first_column, block.first_column + heads))
         if self.counts is None:
             self.counts = torch.zeros(self.shape, dtype=torch.int64, device=device)
-        step = self.current_step(extra_options, device).expand(concepts.numel())
+        step = step.expand(concepts.numel())
         ones = torch.ones(concepts.numel(), dtype=torch.int64, device=device)
         self.counts.index_put_((step, concepts.reshape(-1), columns.expand_as(concepts).reshape(-1)),
                                ones, accumulate=True)
@@ -225,7 +261,7 @@ class VoteProcessor:
         return q, k, v
 
 
-def install_vote_patches(model, words: ConceptWords, steps: int, optimized_attention=None,
+def install_vote_patches(model, bank, steps: int, optimized_attention=None, estimator: str = "paper", seed: int = 0,
                          max_elements: int | None = None):
     """A clone of a ComfyUI ModelPatcher with the attention core counting votes; returns (clone, recorder).
 
@@ -238,8 +274,8 @@ def install_vote_patches(model, words: ConceptWords, steps: int, optimized_atten
     modules = cross_attention_modules(diffusion_model)
     for key, attn2 in modules.items():
         expected = attn2.to_k.weight.shape[1]
-        if expected != words.dim:
-            raise ConceptWordsError(f"the concept word embeddings have {words.dim} dims but cross-attention "
+        if expected != bank.dim:
+            raise ConceptWordsError(f"the concept word embeddings have {bank.dim} dims but cross-attention "
                                     f"{'.'.join(map(str, key))} expects {expected}: use the CLIP of the same checkpoint")
-    recorder = VoteRecorder(layout, words, steps, modules, max_elements)
+    recorder = VoteRecorder(layout, bank, steps, modules, estimator, seed, max_elements)
     return install_core(model, [VoteProcessor(recorder)], optimized_attention), recorder

@@ -4,8 +4,9 @@ For each transformer: norm2 gets weight 0 and a random bias b, so attn2's querie
 q = to_q(b) at every position of every image (q_h is head h's slice). Word embeddings are
 rows of a random orthogonal matrix Q; to_k's weight is T @ Q, so the key of word w is T[:, w].
 T is chosen so that head h's logit q_h . k_{w,h} is uniform noise in [-1, 1] for every word
-except one word of concept pi(h), which gets the maximum plus `margin`. A correct builder must
-therefore give every vote of head h to pi(h), at every step and for every prompt.
+except the words of concept pi(h) (all of them, or one when every_word=False), which get the
+maximum plus `margin`. A correct builder must therefore give every vote of head h to pi(h), at
+every step and for every prompt, whichever word of each concept it samples.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def transformer_blocks(unet) -> dict[tuple[str, int, int], torch.nn.Module]:
 
 @torch.no_grad()
 def engineer_head_preferences(unet, word_concept: torch.Tensor, preferred: torch.Tensor, seed: int = 0,
-                              margin: float = 4.0) -> torch.Tensor:
+                              margin: float = 4.0, every_word: bool = True) -> torch.Tensor:
     """Make head h of `unet` prefer concept preferred[h]; returns the word embeddings float32 [W, D].
 
     word_concept: int64 [W], the concept row of every word; preferred: int64 [H] concept rows.
@@ -61,8 +62,9 @@ def engineer_head_preferences(unet, word_concept: torch.Tensor, preferred: torch
             q_h = q[rows]
             logits = torch.rand(words, generator=g) * 2 - 1
             candidates = torch.nonzero(word_concept == preferred[block.first_column + j]).flatten()
-            chosen = candidates[torch.randint(len(candidates), (1,), generator=g)]
-            logits[chosen] = logits.max() + margin
+            top = logits.max() + margin
+            chosen = candidates if every_word else candidates[torch.randint(len(candidates), (1,), generator=g)]
+            logits[chosen] = top
             noise = torch.randn(d, words, generator=g)
             noise -= torch.outer(q_h, q_h @ noise) / (q_h @ q_h)   # orthogonal to q_h: no effect on logits
             target[rows, :words] = torch.outer(q_h, logits) / (q_h @ q_h) + noise

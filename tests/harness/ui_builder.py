@@ -15,6 +15,7 @@ COLUMN_WIDTH, ROW_GAP, NODE_WIDTH = 360, 40, 320
 # so that tall nodes (KSampler, the steering nodes) do not cover the node below them.
 TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT, TEXTBOX_HEIGHT = 30, 20, 24, 80
 NOTE_HEIGHT = 140
+NOTE_CHARS_PER_LINE, NOTE_LINE_HEIGHT = 46, 13  # the note's monospace text at NODE_WIDTH, with room to spare
 
 
 class Output:
@@ -39,7 +40,8 @@ class UIWorkflow:
         self.cells: dict[int, tuple[int, int]] = {}  # node id -> grid cell (column, row); positions made in to_json
 
     def add(self, class_type: str, at: tuple[int, int], title: str | None = None, **values) -> UINode:
-        """Add a node at grid cell (column, row); values are widget values or Outputs of other nodes."""
+        """Add a node at grid cell (column, row) (below the nodes already there); values are widget values or
+        Outputs of other nodes."""
         node_def = self.node_defs[class_type]
         node_id = len(self.nodes) + 1
         specs = {**node_def["input"].get("required", {}), **node_def["input"].get("optional", {})}
@@ -79,7 +81,7 @@ class UIWorkflow:
         node_id = len(self.nodes) + 1
         self.cells[node_id] = at
         self.nodes.append({"id": node_id, "type": "Note", "pos": [0, 0],
-                           "size": [NODE_WIDTH, NOTE_HEIGHT], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
+                           "size": [NODE_WIDTH, _note_height(text)], "flags": {}, "order": node_id, "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text]})
 
     def _link(self, source: Output, target_id: int, target_slot: int, link_type: str) -> int:
@@ -88,18 +90,23 @@ class UIWorkflow:
         return link_id
 
     def _place(self) -> None:
-        """Grid cells -> positions: each row as tall as its tallest node, columns at a fixed pitch."""
+        """Grid cells -> positions: nodes sharing a cell stack top to bottom in the order added; each row is as
+        tall as its tallest cell, columns at a fixed pitch."""
+        cells: dict[tuple[int, int], list[dict]] = {}
+        for node in self.nodes:
+            cells.setdefault(self.cells[node["id"]], []).append(node)
         rows = max(row for _, row in self.cells.values()) + 1
         heights = [0] * rows
-        for node in self.nodes:
-            row = self.cells[node["id"]][1]
-            heights[row] = max(heights[row], node["size"][1])
+        for (_, row), stack in cells.items():
+            heights[row] = max(heights[row], sum(n["size"][1] for n in stack) + (len(stack) - 1) * (TITLE_HEIGHT + ROW_GAP))
         tops = [40]
         for h in heights[:-1]:
             tops.append(tops[-1] + (h + TITLE_HEIGHT + ROW_GAP if h else 0))
-        for node in self.nodes:
-            column, row = self.cells[node["id"]]
-            node["pos"] = [40 + column * COLUMN_WIDTH, tops[row] + TITLE_HEIGHT]
+        for (column, row), stack in cells.items():
+            y = tops[row] + TITLE_HEIGHT
+            for node in stack:
+                node["pos"] = [40 + column * COLUMN_WIDTH, y]
+                y += node["size"][1] + TITLE_HEIGHT + ROW_GAP
 
     def to_json(self, name: str) -> dict:
         self._place()
@@ -107,6 +114,12 @@ class UIWorkflow:
                 "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
                 "links": self.links, "groups": self.groups, "config": {},  # offset: clear of the sidebar and menu
                 "extra": {"ds": {"scale": 0.8, "offset": [80, 70]}}, "version": 0.4}
+
+
+def _note_height(text: str) -> int:
+    """Tall enough to show the whole text without scrolling (at least NOTE_HEIGHT)."""
+    lines = sum(max(1, -(-len(line) // NOTE_CHARS_PER_LINE)) for line in text.split("\n"))
+    return max(NOTE_HEIGHT, NOTE_LINE_HEIGHT * lines + 30)
 
 
 def _height(node_def: dict, specs: dict) -> int:
