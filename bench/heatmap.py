@@ -1,10 +1,10 @@
 """Overhead of recording HRV heat maps on a full-size SD1.5 UNet (random weights). A script, not a test.
 
-    .venv/bin/python bench/heatmap.py                                # CPU: give smaller options, e.g. --size tiny
-    python bench/heatmap.py --device cuda --dtype fp16               # GPU (COMFYUI_DIR: where ComfyUI is)
+    .venv/bin/python bench/heatmap.py --unet tiny --size 16 --threads 1   # CPU: smaller options
+    python bench/heatmap.py --device cuda --dtype fp16                     # GPU (COMFYUI_DIR: where ComfyUI is)
 
 One UNet call as KSampler makes it for a batch of images under CFG: --batch images (default 2) x (cond + uncond) at a
---latent x --latent latent (default 64: 512 pixels), one mapped word of the cond prompt (3 tokens), every image its
+--size x --size latent (default 64: 512 pixels), one mapped word of the cond prompt (3 tokens), every image its
 own map. Three variants run interleaved in rotating order, repeated --pairs times after --warmup rounds:
   plain      the model without the recorder
   all        the recorder with every head (128: DAAM's all-heads map)
@@ -39,8 +39,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default=None, help="default: fp16 on cuda, fp32 on cpu")
-    p.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
-    p.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 pixels)")
+    p.add_argument("--unet", choices=("full", "tiny"), default="full", help="tiny: a quick smoke run")
+    p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 pixels)")
     p.add_argument("--batch", type=int, default=2, help="images per call; each has a cond and an uncond row")
     p.add_argument("--pairs", type=int, default=10, help="timed rounds of the three variants")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
@@ -97,20 +97,20 @@ def main():
           f"{str(dtype).replace('torch.', '')}, threads {torch.get_num_threads()}, load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     t0 = time.perf_counter()
-    model = model_patcher("sd1", args.size)
+    model = model_patcher("sd1", args.unet)
     model.model.to(device=device, dtype=dtype)
     model.model.diffusion_model.dtype = dtype
     hrv, source = load_hrv(args.reference_dir)
     clip = tokenizer_clip("sd1")
     requests = {"all": map_request(clip, hrv, PROMPT, WORD, CONCEPT, "all"),
                 "top25": map_request(clip, hrv, PROMPT, WORD, CONCEPT, "top_k", 0.25)}
-    print(f"{args.size} SD1.5 UNet built in {time.perf_counter() - t0:.1f}s; HRV {source}; word {WORD!r} at "
+    print(f"{args.unet} SD1.5 UNet built in {time.perf_counter() - t0:.1f}s; HRV {source}; word {WORD!r} at "
           f"{list(requests['top25'].words[0].positions)}; top25 = {requests['top25'].selection.describe(128)}",
           flush=True)
 
     g = torch.Generator().manual_seed(0)
     b = args.batch
-    x = torch.randn(2 * b, 4, args.latent, args.latent, generator=g).to(device, dtype)
+    x = torch.randn(2 * b, 4, args.size, args.size, generator=g).to(device, dtype)
     context = torch.randn(2 * b, 77, 768, generator=g).to(device, dtype)
     sigma = torch.tensor([5.0], device=device)
     cond, uncond = uuid.uuid4(), uuid.uuid4()
@@ -154,7 +154,7 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     run = variants["top25"][1][CORE_KEY]
     assert run.cache, "the recorder did not run"
-    print(f"UNet call ({b} images x cond+uncond, {args.latent}x{args.latent} latent), median ms: " +
+    print(f"UNet call ({b} images x cond+uncond, {args.size}x{args.size} latent), median ms: " +
           ", ".join(f"{n} {median[n] * 1e3:.2f}" for n in names) +
           f"; minima ratios all {min(times['all']) / min(times['plain']):.4f}, top25 "
           f"{min(times['top25']) / min(times['plain']):.4f}; load average now {os.getloadavg()[0]:.2f}")
