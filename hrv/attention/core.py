@@ -107,7 +107,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     options["transformer_options"][CORE_KEY] = run
     guider.model_options = options
     try:
-        return executor(*args, **kwargs)
+        output = executor(*args, **kwargs)
+        run.output = output
+        return output
     finally:
         guider.model_options = original
         run.finish()

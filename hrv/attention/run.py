@@ -40,6 +40,7 @@ class RunState:
         self.entries = core_entries(conds)
         self.model_sampling = model_sampling
         self.cache: dict = {}              # processors' per-run caches
+        self.output = None                 # the sampled latent, set when the run completes (end_run sees it)
         self.ran: set = set()              # transformers where the core ran
         self._chunks: dict = {}
         # (cond_or_uncond, uuid) -> owner uuid for the chunks of the current calc_cond_batch call that carry one

@@ -58,3 +58,21 @@ def tiny_sdxl_clip(seed: int = 2):
                                                 "clip_g_model_config": dict(small)})
     init_random_(clip.cond_stage_model, seed)
     return clip
+
+
+def tiny_sdxl_model(seed: int = 0, std: float = 0.05):
+    """ComfyUI's SDXL model around a tiny UNet of the real layout (1300 heads, context 256) whose ADM input takes
+    SDXL's real conds (pooled_output [1, 1280] and the size embeddings), so that it samples like SDXL."""
+    from hrv.comfy_host import use_comfyui
+    use_comfyui(cpu=True)
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.supported_models
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    config = dict(unet_config("sdxl", "tiny"), adm_in_channels=2816)
+    base = comfy.model_base.SDXL(comfy.supported_models.SDXL({**config, "disable_unet_model_creation": True}))
+    unet = UNetModel(**config, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+    base.diffusion_model = init_random_(unet, seed, std=std).eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
