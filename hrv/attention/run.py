@@ -43,6 +43,7 @@ class RunState:
         self.output = None                 # the sampled latent, set when the run completes (end_run sees it)
         self.ran: set = set()              # transformers where the core ran
         self._chunks: dict = {}
+        self._memo = None                  # (uuids list, borrowed, batch, work) of the last UNet call
         # (cond_or_uncond, uuid) -> owner uuid for the chunks of the current calc_cond_batch call that carry one
         # conditioning's uuid but another's context (chunks.borrowed_uuids); set by begin_batch.
         self.borrowed: dict = {}
@@ -114,6 +115,18 @@ class RunState:
             self._chunks[key] = found
         return found
 
+    def _work_of(self, extra_options: dict, batch: int) -> list:
+        """chunks_for of this call. ComfyUI hands every transformer of one UNet call the same uuids list object,
+        so the answer is kept for that object: the 16 to 70 attention calls of a step pay for one lookup."""
+        raw = extra_options.get("uuids")
+        memo = self._memo
+        if memo is not None and memo[0] is raw and memo[1] is self.borrowed and memo[2] == batch:
+            return memo[3]
+        uuids = call_uuids(extra_options, self.borrowed)
+        work = self.chunks_for(uuids, batch) if uuids else []
+        self._memo = (raw, self.borrowed, batch, work)     # holds raw, so its identity cannot be reused meanwhile
+        return work
+
     def attend(self, key, q, k, v, extra_options: dict, inner, inner_source: str, self_attention: bool = False):
         if not self_attention:
             self.ran.add(key)
@@ -121,9 +134,8 @@ class RunState:
             inner = self.inner_override.get(key, inner)
         hook = "process_self" if self_attention else "process"
         done = []
-        uuids = call_uuids(extra_options, self.borrowed)
-        if uuids and self.entries:
-            work = self.chunks_for(uuids, q.shape[0])
+        if self.entries:
+            work = self._work_of(extra_options, q.shape[0])
             if work:
                 call = AttnCall(key, extra_options, self, self_attention)
                 for feature, chunks in work:
@@ -156,4 +168,5 @@ class RunState:
                 end(self)
         self.cache.clear()
         self._chunks.clear()
+        self._memo = None
         self._borrows.clear()

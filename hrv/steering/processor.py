@@ -2,8 +2,8 @@
 
 Scaling head h's post-softmax attention to token t by s[h] (without renormalising, as the paper does) is
 out_h = sum_t' A[:, t'] V_h[t'] with V_h[t] scaled by s[h]: only the target rows of v change, and the fused
-kernel runs on. Per call: one gather, one multiply, one scatter into a copy of v; the index and factor tensors
-are built once per run for each batch layout. No host sync: sigma gates are evaluated on the device.
+kernel runs on. Per call: a copy of v and one scatter that multiplies the target rows; the index and factor
+tensors are built once per run for each batch layout. No host sync: sigma gates are evaluated on the device.
 """
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ class SteeringRuntimeError(RuntimeError):
 
 
 class _Plan:
-    def __init__(self, rows: torch.Tensor, factors: torch.Tensor, row_gate: torch.Tensor | None, gates: list):
+    def __init__(self, chunks, rows: torch.Tensor, factors: torch.Tensor, row_gate: torch.Tensor | None, gates: list,
+                 channels: int):
+        self.chunks = chunks        # the chunk list this plan was made for (its identity keys the cache)
         self.rows = rows            # int64 [n] rows of v.view(B*L, C)
+        self.index = rows[:, None].expand(-1, channels).contiguous()   # int64 [n, C]: scatter index of those rows
         self.factors = factors      # [n, C] in v's dtype
         self.row_gate = row_gate    # int64 [n] index into gates, or None when no request is gated
         # float32 [gates + 1, 2] (sigma_start, sigma_end) per gated request, then an always-open gate
@@ -74,8 +77,8 @@ def build_plan(call: AttnCall, chunks: Sequence[Chunk], batch: int, context: int
     if gates:
         # Rows of ungated requests get an always-open gate appended last.
         row_gate = torch.tensor([gate_of.get(r, len(gates)) for r in rows], dtype=torch.int64, device=device)
-    return _Plan(torch.tensor(rows, dtype=torch.int64, device=device),
-                 torch.stack([factor_of[r] for r in rows]).to(device=device, dtype=dtype), row_gate, gates)
+    return _Plan(chunks, torch.tensor(rows, dtype=torch.int64, device=device),
+                 torch.stack([factor_of[r] for r in rows]).to(device=device, dtype=dtype), row_gate, gates, channels)
 
 
 def _open_gates(plan: _Plan, sigmas: torch.Tensor | None, device) -> torch.Tensor:
@@ -91,20 +94,31 @@ class SteeringProcessor:
 
     def process(self, call: AttnCall, q, k, v, chunks: Sequence[Chunk]):
         batch, context, channels = v.shape
-        cache_key = (FEATURE, call.key, tuple((c.index, id(c.request)) for c in chunks), batch, context,
-                     v.device, v.dtype)
-        plan = call.run.cache.get(cache_key, False)
-        if plan is False:
-            plan = call.run.cache[cache_key] = build_plan(call, chunks, batch, context, channels, v.device, v.dtype)
-        if plan is None:
+        # The run hands out one chunk list per batch layout and keeps it: its identity (checked, so a freed list's
+        # reused id cannot match) names the layout without building a key from the chunks at every call.
+        cache_key = (FEATURE, call.key, id(chunks), batch, context, v.dtype, v.device)
+        plan = call.run.cache.get(cache_key)
+        if plan is None or plan.chunks is not chunks:
+            plan = build_plan(call, chunks, batch, context, channels, v.device, v.dtype) or _Nothing(chunks)
+            call.run.cache[cache_key] = plan
+        if plan.rows is None:
             return q, k, v
-        flat = v.reshape(batch * context, channels)
         factors = plan.factors
         if plan.row_gate is not None:
             open_rows = _open_gates(plan, call.extra_options.get("sigmas"), v.device)[plan.row_gate]
             factors = torch.where(open_rows[:, None], factors, torch.ones_like(factors))
-        scaled = flat.index_select(0, plan.rows) * factors
-        return q, k, flat.index_copy(0, plan.rows, scaled).view(batch, context, channels)
+        # Two kernels: a copy (other code may still hold v) and one scatter that multiplies the target rows in place.
+        out = v.clone()
+        out.view(batch * context, channels).scatter_reduce_(0, plan.index, factors, reduce="prod")
+        return q, k, out
+
+
+class _Nothing:
+    """Cached for a layout with nothing to steer in this transformer."""
+    rows = None
+
+    def __init__(self, chunks):
+        self.chunks = chunks
 
 
 STEERING = SteeringProcessor()
