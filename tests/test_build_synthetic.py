@@ -103,3 +103,27 @@ def test_building_changes_neither_the_model_nor_its_images(engineered):
     with torch.inference_mode():
         voted = sampler(patched, PROMPTS[0], 4, recorder.end_step)
     assert torch.equal(voted, before) and recorder.counts.sum() == 2 * 128
+
+
+def test_paper_estimator_recovers_heads_where_averaged_word_keys_fail():
+    """Every word has two tokens. In head h the words of the planted concept have a strong first token and a sink
+    second token; every other word has a noise first token and a moderate second token (tests/harness/engineered.py).
+
+    The paper's estimator gives each token its own key and averages the word's attention after the softmax: the
+    strong token carries its word. Averaging the word's embeddings into one key first (the all_words estimator)
+    averages the two logits, so the sink drags every planted word below the others.
+    """
+    concepts = {name: words[:3] for name, words in load_concept_set().items()}
+    names = list(concepts)
+    token_concept = torch.tensor([row for row, n in enumerate(names) for _ in concepts[n] for _ in range(2)])
+    second = torch.arange(token_concept.numel()) % 2 == 1
+    pi = torch.randint(len(names), (128,), generator=torch.Generator().manual_seed(4))
+    unet = build_unet("sd1", "tiny", seed=6)
+    tokens = engineer_head_preferences(unet, token_concept, pi, seed=12, second_tokens=second)      # [2W, D]
+    bank = ConceptTokenBank.from_word_tokens(concepts, list(tokens.view(-1, 2, tokens.shape[1])))
+    model = tiny_sd1_model(unet=unet)
+    settings = BuildSettings(steps=2, cfg=6.0, seed=1, width=128, height=128)
+    paper = build(model, bank, settings, PROMPTS[:1])
+    assert (paper.matrix.argmax(0) == pi).all()
+    averaged = build(model, bank, BuildSettings(**{**settings.as_dict(), "estimator": "all_words"}), PROMPTS[:1])
+    assert (averaged.matrix.argmax(0) == pi).float().mean() < 0.2

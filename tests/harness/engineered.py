@@ -30,10 +30,15 @@ def transformer_blocks(unet) -> dict[tuple[str, int, int], torch.nn.Module]:
 
 @torch.no_grad()
 def engineer_head_preferences(unet, word_concept: torch.Tensor, preferred: torch.Tensor, seed: int = 0,
-                              margin: float = 4.0, every_word: bool = True) -> torch.Tensor:
+                              margin: float = 4.0, every_word: bool = True, second_tokens: torch.Tensor | None = None,
+                              sink_depth: float = 12.0, lure: float = 2.5) -> torch.Tensor:
     """Make head h of `unet` prefer concept preferred[h]; returns the word embeddings float32 [W, D].
 
-    word_concept: int64 [W], the concept row of every word; preferred: int64 [H] concept rows.
+    word_concept: int64 [W], the concept row of every word (or token); preferred: int64 [H] concept rows.
+    second_tokens: bool [W], rows that are the second token of two-token words. In head h the second tokens of
+    concept preferred[h] get logit -sink_depth and all other second tokens `lure` (below the planted first tokens):
+    attended token by token the planted word still wins, but averaging a word's two embeddings into one key first
+    averages their logits, and then the planted words sink below the lures.
     """
     g = torch.Generator().manual_seed(seed)
     layout = layout_of_unet(unet)
@@ -61,10 +66,17 @@ def engineer_head_preferences(unet, word_concept: torch.Tensor, preferred: torch
             rows = slice(j * d, (j + 1) * d)
             q_h = q[rows]
             logits = torch.rand(words, generator=g) * 2 - 1
-            candidates = torch.nonzero(word_concept == preferred[block.first_column + j]).flatten()
+            planted = word_concept == preferred[block.first_column + j]
+            if second_tokens is not None:
+                planted = planted & ~second_tokens
+            candidates = torch.nonzero(planted).flatten()
             top = logits.max() + margin
             chosen = candidates if every_word else candidates[torch.randint(len(candidates), (1,), generator=g)]
             logits[chosen] = top
+            if second_tokens is not None:
+                sink = second_tokens & (word_concept == preferred[block.first_column + j])
+                logits[second_tokens & ~sink] = lure
+                logits[sink] = -sink_depth
             noise = torch.randn(d, words, generator=g)
             noise -= torch.outer(q_h, q_h @ noise) / (q_h @ q_h)   # orthogonal to q_h: no effect on logits
             target[rows, :words] = torch.outer(q_h, logits) / (q_h @ q_h) + noise
