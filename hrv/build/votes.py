@@ -187,7 +187,8 @@ class VoteRecorder:
         table = self._tables.get(device)
         if table is None:
             table = self._tables[device] = self._tables["cpu"].to(device)
-        words = table[:, step, self._position[key]]                              # [B, C], no host sync
+        # index_select with a 1-element index tensor: indexing by a 0-dim tensor would read it on the host (a sync).
+        words = table.index_select(1, step.reshape(1))[:, 0, self._position[key]]   # [B, C]
         if rows != words.shape[0]:
             if rows % words.shape[0]:
                 raise ValueError(f"{rows} voting rows do not match the {words.shape[0]} prompts of this run")
