@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
+from ..attention.processor import request_block
 from ..maps.recorder import latent_shape, spatial_shape
 from .maps import resize_maps, subject_max_attention
 from .request import FEATURE, ExciteError, ExciteRequest
@@ -45,15 +46,7 @@ class ExciteCollector:
         kt = k.reshape(b, context, heads, d).permute(0, 2, 3, 1).float()                    # [b, H, d, T]
         probs = torch.softmax(torch.matmul(qh, kt), dim=-1)                                  # [b, H, n, T]
         if request.hrv_mode:
-            try:
-                block = request.layout.block(call.key)
-            except KeyError:
-                raise ExciteError(f"the excited conditioning was made with an HRV for {request.layout.arch}, which has "
-                                  f"no cross-attention {'.'.join(map(str, call.key))}: load the HRV made for your "
-                                  "checkpoint's architecture") from None
-            if block.num_heads != heads:
-                raise ExciteError(f"cross-attention {'.'.join(map(str, call.key))} has {heads} heads but the HRV "
-                                  f"expects {block.num_heads}: the HRV was made for another architecture")
+            block = request_block(request.layout, call.key, heads, "excited", ExciteError)
             # A copy: a request made under inference mode holds inference tensors, which autograd cannot save.
             weights = request.subject_weights[:, block.columns].to(probs.device).clone()        # [S, H]
             maps = torch.einsum("bhnt,sh->bstn", probs, weights)

@@ -28,6 +28,23 @@ class AttnCall:
         return self.run.fused(q, k, v, self.extra_options)
 
 
+def request_block(layout, key: tuple, heads: int, what: str, error: type = RuntimeError):
+    """The AttnBlock of transformer `key` in the layout of a request's HRV, checked against this call's head count.
+
+    `what` names the conditioning in the message ("steered", "mapped", ...); `error` is the feature's error type.
+    """
+    name = ".".join(map(str, key))
+    try:
+        block = layout.block(key)
+    except KeyError:
+        raise error(f"the {what} conditioning was made with an HRV for {layout.arch}, which has no cross-attention "
+                    f"{name}: load the HRV made for your checkpoint's architecture") from None
+    if block.num_heads != heads:
+        raise error(f"cross-attention {name} has {heads} heads but the HRV expects {block.num_heads}: the HRV was "
+                    "made for another architecture")
+    return block
+
+
 class Processor(Protocol):
     """A feature's work on the chunks of the conditionings that asked for it.
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
+from ..attention.processor import request_block
 from .request import FEATURE, MapError, MapRequest, RecordedMaps, latent_fingerprint
 
 SUSPEND_KEY = "hrv_maps_suspended"      # set in run.cache while extra forwards (A&E's gradient passes) run
@@ -56,15 +57,7 @@ class _Plan:
     """Per request, transformer, context length and device: which heads, and the token-averaging matrix."""
 
     def __init__(self, request: MapRequest, key, heads: int, context: int, period: int, device):
-        try:
-            block = request.layout.block(key)
-        except KeyError:
-            raise MapError(f"the map conditioning was made with an HRV for {request.layout.arch}, which has no "
-                           f"cross-attention {'.'.join(map(str, key))}: load the HRV made for your checkpoint's "
-                           "architecture") from None
-        if block.num_heads != heads:
-            raise MapError(f"cross-attention {'.'.join(map(str, key))} has {heads} heads but the HRV expects "
-                           f"{block.num_heads}: the HRV was made for another architecture")
+        block = request_block(request.layout, key, heads, "mapped", MapError)
         if context % period:
             raise MapError(f"the cross-attention context has {context} tokens, not a multiple of the {period} tokens "
                            "of the mapped conditioning")

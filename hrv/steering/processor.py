@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
+from ..attention.processor import request_block
 from .request import FEATURE, SteerRequest
 
 
@@ -33,15 +34,7 @@ class _Plan:
 
 
 def _block_factors(request: SteerRequest, key, heads: int) -> list[tuple[tuple[int, ...], torch.Tensor]]:
-    try:
-        block = request.layout.block(key)
-    except KeyError:
-        raise SteeringRuntimeError(f"the steered conditioning was made with an HRV for {request.layout.arch}, which "
-                                   f"has no cross-attention {'.'.join(map(str, key))}: load the HRV made for "
-                                   "your checkpoint's architecture") from None
-    if block.num_heads != heads:
-        raise SteeringRuntimeError(f"cross-attention {'.'.join(map(str, key))} has {heads} heads but the HRV expects "
-                                   f"{block.num_heads}: the HRV was made for another architecture")
+    block = request_block(request.layout, key, heads, "steered", SteeringRuntimeError)
     return [(t.positions, t.factors[block.columns]) for t in request.terms]
 
 
