@@ -59,7 +59,6 @@ def rows_of(text):
 
 
 def test_registered_with_tooltips(pack, node):
-    from hrv.eval.weakening import GRID_HEADER_H, GRID_LABEL_W  # noqa: F401
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["HRVWeakeningSweep"] == "HRV Weakening Sweep"
     assert node.CATEGORY == "HRV/eval" and len(node.OUTPUT_TOOLTIPS) == len(node.RETURN_TYPES) == 3
     assert all(opts.get("tooltip") for _, opts in node.INPUT_TYPES()["required"].values())
@@ -151,3 +150,23 @@ def test_clip_column_is_open_clips_similarity(node, parts, sd1_hrv, monkeypatch)
                                                              scorer.model.encode_text(tokenizer([row["word"]])))
         assert row["word"] == s.word and float(row["clip"]) == pytest.approx(float(expected), abs=1e-5)
     assert plot.shape[1:] == (400, 640, 3) and plot.std() > 0
+
+
+def test_k_values_templates_and_errors(node, parts, sd1_hrv):
+    from hrv.eval import weakening as W
+    assert W.default_ks(128) == [0, 1, 11, 21, 31, 41, 51, 61, 71, 81, 91, 101, 111, 121, 128]
+    assert W.default_ks(1300) == [0, 11, 111, 211, 311, 411, 511, 611, 711, 811, 911, 1011, 1111, 1211, 1300]
+    assert W.parse_ks(" auto ", 128) == W.default_ks(128) and W.parse_ks("0, 11,11", 128) == [0, 11]
+    assert W.fill(W.template_for("Color"), "red") == "a red car"
+    assert W.fill(W.template_for("Material"), "gold") == "a cup made of gold"
+    assert W.fill(W.template_for("Something Else"), "x") == "a photo of a x"
+    assert W.plot({}).shape == (400, 640, 3)
+    model, clip, vae = parts
+    for kwargs, message in ((dict(k_values="0,200"), "between 0 and 128"), (dict(k_values="a"), "whole numbers"),
+                            (dict(words=" , "), "no concept word"), (dict(template="photo"), "no {}"),
+                            (dict(seeds="x"), "seeds must be")):
+        args = dict(template="photo of a {}", words="dog", concept="Animals", k_values="0", seeds="10",
+                    clip_weights="(none: no scores)", architecture="ViT-B-32", **SETTINGS)
+        args.update(kwargs)
+        with pytest.raises(ValueError, match=message):
+            node().sweep(model, clip, vae, sd1_hrv, **args)
