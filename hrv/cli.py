@@ -44,8 +44,8 @@ def info(args):
 
 
 def eval_command(args):
-    from .eval import edit_bench
-    {"edit": edit_bench.run}[args.eval_command](args)
+    from .eval import edit_bench, weakening_bench
+    {"edit": edit_bench.run, "weakening": weakening_bench.run}[args.eval_command](args)
 
 
 COMMANDS["eval"] = eval_command
@@ -68,9 +68,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--per-timestep", action="store_true", help="export the per-timestep HRVs [steps, concepts, heads]")
     s = sub.add_parser("info", help="print a JSON summary of an HRV file")
     s.add_argument("file")
-    from .eval import edit_bench
-    s = sub.add_parser("eval", help="benchmarks of the paper's applications (eval edit: image editing)")
-    edit_bench.add_parser(s.add_subparsers(dest="eval_command", required=True))
+    from .eval import edit_bench, weakening_bench
+    s = sub.add_parser("eval", help="benchmarks of the paper's applications (eval edit: image editing; "
+                                    "eval weakening: ordered weakening)")
+    eval_sub = s.add_subparsers(dest="eval_command", required=True)
+    edit_bench.add_parser(eval_sub)
+    weakening_bench.add_parser(eval_sub)
     build_cli.add_parsers(sub)
     return p
 
