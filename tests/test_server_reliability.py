@@ -26,7 +26,8 @@ def client(comfy_server):
 
 
 def small_graph(steered: bool, prefix: str) -> dict:
-    """64x64, one step; steered: the same model through HRV Concept Strengthen ('wood' -> Material)."""
+    """64x64, one step; steered: HRV Concept Strengthen ('wood' -> Material) encodes the text in place of CLIP
+    Text Encode and gives the model with the HRV attention."""
     text = "a bowl made of wood"
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": DEFAULT_NAME}},
@@ -42,9 +43,10 @@ def small_graph(steered: bool, prefix: str) -> dict:
     if steered:
         prompt["8"] = {"class_type": "HRVLoader", "inputs": {"hrv_name": "sd1_official.safetensors"}}
         prompt["9"] = {"class_type": "HRVConceptStrengthen", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "hrv": ["8", 0], "prompt": text, "target": "wood",
+            "model": ["1", 0], "clip": ["1", 1], "hrv": ["8", 0], "text": text, "target": "wood",
             "concept": "Material", "strength": 4.0, "start_percent": 0.0, "end_percent": 1.0}}
         prompt["5"]["inputs"]["model"] = ["9", 0]
+        prompt["5"]["inputs"]["positive"] = ["9", 1]
     return prompt
 
 
