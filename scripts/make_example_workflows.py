@@ -25,6 +25,8 @@ SMALL_NOTE = (f"Small so that it runs on a CPU: {SIZE}x{SIZE}, {STEPS} steps. Wi
               "`python -m hrv fetch-official` once in the pack's folder.")
 NEGATIVE = "blurry, low quality"
 
+from scripts.example_workflows_maps import EXAMPLES as MAP_EXAMPLES  # noqa: E402  attention maps, Attend-and-Excite
+
 
 def _inputs(wf, at=(0, 0)):
     """Load Checkpoint and HRV Loader stacked in one cell, the shared negative prompt and latent in the cell below."""
@@ -128,8 +130,45 @@ def inspect(wf):
             "`python -m hrv fetch-official` once in the pack's folder.", (0, 1))
 
 
+def _prompt_edit(source_text, target_text, concept, prefix, note):
+    """Prompt-to-Prompt pair (source, edit) drawn twice with the same seed: plain P2P (concept none) and P2P-HRV.
+    Saved image: source | plain P2P edit | P2P-HRV edit."""
+    def build(wf):
+        ckpt = wf.add("CheckpointLoaderSimple", (0, 0), ckpt_name=CKPT)
+        hrv = wf.add("HRVLoader", (0, 0), hrv_name=HRV_FILE)
+        negative = wf.add("CLIPTextEncode", (0, 1), title="Negative", clip=ckpt[1], text=NEGATIVE)
+        decoded = []
+        for r, (chosen, title) in enumerate((("none", "Plain P2P (concept none)"), (concept, f"P2P-HRV ({concept})"))):
+            edit = wf.add("HRVPromptEdit", (1, r), title=title, model=ckpt[0], clip=ckpt[1], hrv=hrv[0],
+                          source_text=source_text, target_text=target_text, concept=chosen, mode="replace",
+                          width=SIZE, height=SIZE, pairs=1)
+            sampled = wf.add("KSampler", (2, r), title=title, model=edit[0], positive=edit[1], negative=negative[0],
+                             latent_image=edit[2], seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                             scheduler="normal")
+            decoded.append(wf.add("VAEDecode", (3, r), title=f"{title}: source, edit", samples=sampled[0],
+                                  vae=ckpt[2]))
+        source = wf.add("ImageFromBatch", (4, 0), title="Source image", image=decoded[0][0], batch_index=0, length=1)
+        plain = wf.add("ImageFromBatch", (4, 0), title="Plain P2P edit", image=decoded[0][0], batch_index=1, length=1)
+        steered = wf.add("ImageFromBatch", (4, 1), title="P2P-HRV edit", image=decoded[1][0], batch_index=1, length=1)
+        pair = _stitch(wf, source, plain, (5, 0))
+        row = _stitch(wf, pair, steered, (5, 0))
+        wf.add("SaveImage", (5, 1), images=row[0], filename_prefix=prefix)
+        wf.note(f"HRV Prompt Edit makes the latent pair (source, edit) and one conditioning of both prompts: "
+                f"'{source_text}' -> '{target_text}'. KSampler draws both, VAE Decode gives the batch (source, edit). "
+                f"Top: plain Prompt-to-Prompt (concept none). Bottom: P2P-HRV, the edited word strengthened in the "
+                f"{concept} heads, same seed. Saved image: source | plain P2P edit | P2P-HRV edit. {note}\n\n"
+                + SMALL_NOTE.replace("width/height (Empty Latent Image)", "width/height (HRV Prompt Edit)"), (0, 2))
+    return build
+
+
+edit_color = _prompt_edit("a blue car", "a red car", "Color", "hrv_edit_color",
+                          "The car's shape and the scene should stay, only its colour change.")
+edit_material = _prompt_edit("a wooden chair", "a golden chair", "Material", "hrv_edit_material",
+                             "The chair's shape should stay, only its material change.")
+
 EXAMPLES = {"concept_adjust_polysemy": polysemy, "concept_strengthen_material": strengthen,
-            "hrv_inspect_concepts": inspect, "ordered_weakening_grid": weakening}
+            "hrv_inspect_concepts": inspect, "ordered_weakening_grid": weakening,
+            **MAP_EXAMPLES, "prompt_edit_color": edit_color, "prompt_edit_material": edit_material}
 
 
 def main() -> int:

@@ -120,6 +120,8 @@ def template_thumbnail(page, name: str) -> bytes | None:
     when the pack has none; reading the bytes back tells which one the user sees.
     """
     import base64
+    # The cards' pictures load lazily: bring the card into view first (with many examples it is below the fold).
+    page.locator(f"h3[title='{name}']").first.scroll_into_view_if_needed()
     page.locator(f"img[alt='{name}']").first.wait_for()
     page.wait_for_function(
         "alt => [...document.querySelectorAll('img')].some(i => i.alt === alt && i.complete && i.naturalWidth > 0)",
