@@ -45,12 +45,16 @@ def heatmap(wf):
                          latent_image=latent[0], seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
                          scheduler="normal")
         image = wf.add("VAEDecode", (2, 2 * r + 1), samples=sampled[0], vae=ckpt[2])
-        shown = wf.add("HRVAttentionMapRender", (3, 2 * r), title=f"Render: {title}", conditioning=mapped[1],
-                       images=image[0], threshold=0.0, word="", samples=sampled[0])
-        panels.append(wf.add("ImageStitch", (4, 2 * r), image1=image[0], image2=shown[1], direction="right",
-                             spacing_width=8))
-    both = wf.add("ImageStitch", (5, 0), image1=panels[0][0], image2=panels[1][0], direction="down", spacing_width=8)
-    wf.add("SaveImage", (5, 1), images=both[0], filename_prefix="hrv_heatmap")
+        row = image
+        for c, word in enumerate(("dog", "hat")):
+            # One render per word: the overlay is a batch (word by word), a row wants them side by side.
+            shown = wf.add("HRVAttentionMapRender", (3, 2 * r + c), title=f"Render '{word}': {title}",
+                           conditioning=mapped[1], images=image[0], threshold=0.0, word=word, samples=sampled[0])
+            row = wf.add("ImageStitch", (4 + c, 2 * r), image1=row[0], image2=shown[1], direction="right",
+                         spacing_width=8)
+        panels.append(row)
+    both = wf.add("ImageStitch", (6, 0), image1=panels[0][0], image2=panels[1][0], direction="down", spacing_width=8)
+    wf.add("SaveImage", (6, 1), images=both[0], filename_prefix="hrv_heatmap")
     wf.note("Each row: the image, then the maps of 'dog' and 'hat' over it. Top: the 25% of heads the HRV ties most "
             "to Animals. Bottom: all heads alike (DAAM). The map nodes do not change the image. " + SMALL_NOTE, (0, 4))
 

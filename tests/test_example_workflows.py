@@ -147,9 +147,28 @@ def test_prompt_edit_examples(hrv_models, name):
     assert np.abs(steered - plain).mean() > 0.1
 
 
-# attention_heatmap and attend_and_excite_animals are validated (not run) in test_maps_workflow.py; running them here
-# is still to do (heatmap: the check below failed, A&E: too slow on a shared 2-CPU box to measure).
 @pytest.mark.parametrize("name", ["diagnose_rose_colored"])
 def test_map_examples_run(hrv_models, name):
     image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", f"{name}.json"))
     assert np.isfinite(image).all() and image.std() > 1
+
+
+def test_heatmap_example_shows_each_word_beside_its_image(hrv_models):
+    """Two rows (top Animals heads, all heads), each: the image | 'dog' | 'hat'; the map nodes leave the image alone,
+    so both rows start with the same picture and the overlays differ from it."""
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "attention_heatmap.json"), size=64, steps=2)
+    rows = _tiles(image, 2, 3)
+    assert rows[0][0].shape == (64, 64, 3)
+    assert np.array_equal(rows[0][0], rows[1][0])
+    for row in rows:
+        assert all(np.abs(tile - row[0]).mean() > 1 for tile in row[1:])
+    assert np.abs(rows[0][1] - rows[1][1]).mean() > 0.1, "top-k and all-heads maps of 'dog' are the same"
+
+
+def test_attend_and_excite_example_changes_the_excited_image(hrv_models):
+    """Plain | A&E-HRV, one seed: the excitation moves the latent, so the pictures differ (64x64, 2 steps here)."""
+    image = _run(hrv_models, os.path.join(PACK_DIR, "example_workflows", "attend_and_excite_animals.json"),
+                 size=64, steps=2)
+    (plain, excited), = _tiles(image, 1, 2)
+    assert plain.shape == (64, 64, 3) and np.isfinite(image).all()
+    assert np.abs(plain - excited).mean() > 0.5
