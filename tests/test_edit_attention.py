@@ -130,8 +130,14 @@ def test_identity_alignment_gives_the_source_row_bit_for_bit_and_the_window_clos
     assert torch.equal(out[1], out[0])
     late = fn(q, k, v, options(run, [edit], [0], sigma=1.0))             # step 3: the target attends on its own
     assert torch.equal(late, kernel()(q, k, v, {"n_heads": HEADS}))
-    negative = fn(q, k, v, options(run, [edit], [1], sigma=7.0))         # a negative edit conditioning is left alone
-    assert torch.equal(negative, kernel()(q, k, v, {"n_heads": HEADS}))
+    # The edit follows its conditioning, not the batch position: wired as the negative (cond_or_uncond 1) and batched
+    # behind a plain conditioning, its pair is edited just the same and the plain chunk is not.
+    plain_uuid = uuid.uuid4()
+    q4, k4, v4 = torch.cat([q, q.flip(0)]), torch.cat([k, k]), torch.cat([v, v])
+    mixed = fn(q4, k4, v4, options(run, [plain_uuid, edit], [0, 1], sigma=4.0))
+    assert torch.equal(mixed[:2], kernel()(q4[:2], k4[:2], v4[:2], {"n_heads": HEADS}))
+    assert torch.equal(mixed[3], mixed[2])
+    assert not torch.equal(mixed[3], kernel()(q4[3:], k4[3:], v4[3:], {"n_heads": HEADS})[0])
 
 
 def test_self_attention_takes_the_sources_map_in_its_window_and_layers():

@@ -1,8 +1,9 @@
 """Prompt-to-Prompt (with the concept's HRV on the edited words) as a processor of the attention core.
 
 The edit conditioning holds the source prompt and the target prompt as one conditioning of batch 2, so each of its
-chunks in an attention call holds pairs of rows: (source, target), (source, target), ... in latent batch order. Only
-chunks of the positive conditioning (cond_or_uncond 0) are edited; the source rows are never changed.
+chunks in an attention call holds pairs of rows: (source, target), (source, target), ... in latent batch order.
+Every chunk of the edit conditioning is edited, wherever the guider batches it (the core names chunks by
+conditioning); chunks of other conditionings and the source rows are never changed.
 
 Per sampling step i of N (read from the call's sigma and ComfyUI's sample_sigmas, once per UNet call):
 - i < int(cross_replace * N): in every cross-attention, the target's map is the source's carried through the token
@@ -147,11 +148,6 @@ def _halved_twice(n: int) -> int:
     return ((n + 1) // 2 + 1) // 2
 
 
-def _positive(call: AttnCall, chunk: Chunk) -> bool:
-    kinds = call.extra_options.get("cond_or_uncond")
-    return not kinds or chunk.index >= len(kinds) or kinds[chunk.index] == 0
-
-
 class EditProcessor:
     feature = FEATURE
 
@@ -166,8 +162,6 @@ class EditProcessor:
             return q, k, v
         for chunk in chunks:
             request: EditRequest = chunk.request
-            if not _positive(call, chunk):
-                continue
             plan = self._plan(call, chunk, v)
             active = step[0] < request.steps(request.cross_replace, step[1])
             if plan.blend:
@@ -182,7 +176,7 @@ class EditProcessor:
             return q, k, v
         for chunk in chunks:
             request: EditRequest = chunk.request
-            if (not _positive(call, chunk) or call.key not in request.self_keys
+            if (call.key not in request.self_keys
                     or step[0] >= request.steps(request.self_replace, step[1])):
                 continue
             plan = self._plan(call, chunk, v, self_attention=True)
