@@ -158,22 +158,29 @@ def test_sigma_gate_runs_on_the_device_and_only_gates_its_own_request():
     assert all(torch.equal(out[1, 1], v[1, 1] * 3) for out in seen)
 
 
-def test_plan_is_built_once_per_run_and_layout(monkeypatch):
+def test_plan_is_built_once_per_request_and_layout_across_runs(monkeypatch):
+    """The rows and factors are built on the host once and kept on the request: a second sampling run (a new
+    RunState, new uuids) of the same conditioning only looks them up; another dtype gets its own."""
     import hrv.steering.processor as processor
     calls = []
-    real = processor.build_plan
-    monkeypatch.setattr(processor, "build_plan", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    real = processor.build_chunk_plan
+    monkeypatch.setattr(processor, "build_chunk_plan", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     layout = known_layout("sd1")
-    cond = uuid.uuid4()
-    run = run_with({cond: request(layout, [((1,), torch.full((128,), 2.0))])})
+    steer = request(layout, [((1,), torch.full((128,), 2.0))])
     fn = make_core_fn(("input", 1, 0), lambda q, k, v, e: v, "default")
     q, k, v = qkv(1, 8, 8, 2)
-    for _ in range(5):
-        fn(q, k, v, extra(run, 8, 2, [cond]))
+    for _ in range(2):
+        cond = uuid.uuid4()
+        run = run_with({cond: steer})
+        for _ in range(5):
+            out = fn(q, k, v, extra(run, 8, 2, [cond]))
+        assert torch.equal(out[0, 1], v[0, 1] * 2)
+        run.finish()
     assert len(calls) == 1
-    out = fn(q, k.half(), v.half(), extra(run, 8, 2, [cond]))
+    out = fn(q, k.half(), v.half(), extra(run_with({cond: steer}), 8, 2, [cond]))
     assert len(calls) == 2 and out.dtype == torch.float16 and torch.equal(out[0, 1], v.half()[0, 1] * 2)
     assert torch.equal(out[0, 0], v.half()[0, 0])
+    assert steer == request(layout, [((1,), steer.terms[0].factors)]), "the cache is not part of the request's value"
 
 
 def test_head_count_mismatch_is_a_clear_error():

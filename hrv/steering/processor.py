@@ -2,8 +2,11 @@
 
 Scaling head h's post-softmax attention to token t by s[h] (without renormalising, as the paper does) is
 out_h = sum_t' A[:, t'] V_h[t'] with V_h[t] scaled by s[h]: only the target rows of v change, and the fused
-kernel runs on. Per call: a copy of v and one scatter that multiplies the target rows; the index and factor
-tensors are built once per run for each batch layout. No host sync: sigma gates are evaluated on the device.
+kernel runs on. Per call: a copy of v and one scatter that multiplies the target rows.
+
+The rows and factors of a steered chunk depend only on its request, the transformer and where the chunk sits in
+the batch, so they are built once (on the host, copied to the device without a sync) and kept on the request
+across sampling runs; a run only looks them up. Sigma gates are evaluated on the device (no host sync).
 """
 from __future__ import annotations
 
@@ -13,24 +16,22 @@ import torch
 
 from ..attention import AttnCall, Chunk
 from ..attention.processor import request_block
+from ..attention.transfer import to_device
 from .request import FEATURE, SteerRequest
+
+MAX_PLANS_PER_REQUEST = 1024      # transformers x batch layouts x devices; a request rarely sees more than 70 x 2
 
 
 class SteeringRuntimeError(RuntimeError):
     """A conditioning met during sampling that does not fit the model."""
 
 
-class _Plan:
-    def __init__(self, chunks, rows: torch.Tensor, factors: torch.Tensor, row_gate: torch.Tensor | None, gates: list,
-                 channels: int):
-        self.chunks = chunks        # the chunk list this plan was made for (its identity keys the cache)
-        self.rows = rows            # int64 [n] rows of v.view(B*L, C)
-        self.index = rows[:, None].expand(-1, channels).contiguous()   # int64 [n, C]: scatter index of those rows
-        self.factors = factors      # [n, C] in v's dtype
-        self.row_gate = row_gate    # int64 [n] index into gates, or None when no request is gated
-        # float32 [gates + 1, 2] (sigma_start, sigma_end) per gated request, then an always-open gate
-        self.bounds = None if row_gate is None else torch.tensor(
-            gates + [(float("inf"), float("-inf"))], dtype=torch.float32, device=rows.device)
+class ChunkPlan:
+    """The steered rows of one chunk in one transformer, on the device."""
+
+    def __init__(self, rows: torch.Tensor, factors: torch.Tensor, channels: int):
+        self.index = rows[:, None].expand(-1, channels).contiguous()    # int64 [n, C]: scatter index into v.view(B*L, C)
+        self.factors = factors                                          # [n, C] in v's dtype
 
 
 def _block_factors(request: SteerRequest, key, heads: int) -> list[tuple[tuple[int, ...], torch.Tensor]]:
@@ -38,48 +39,86 @@ def _block_factors(request: SteerRequest, key, heads: int) -> list[tuple[tuple[i
     return [(t.positions, t.factors[block.columns]) for t in request.terms]
 
 
-def build_plan(call: AttnCall, chunks: Sequence[Chunk], batch: int, context: int, channels: int, device, dtype) -> _Plan | None:
-    heads = call.heads
+def build_chunk_plan(request: SteerRequest, key, heads: int, rows: slice, period: int, context: int, channels: int,
+                     device, dtype) -> ChunkPlan | None:
+    """Rows of v.view(B*L, C) that `request` steers in batch rows `rows`, and their per-channel factors."""
+    if context % period:
+        raise SteeringRuntimeError(f"the cross-attention context has {context} tokens, not a multiple of the "
+                                   f"{period} tokens of the steered conditioning")
     dim_head = channels // heads
     factor_of: dict[int, torch.Tensor] = {}     # row -> [C] (words sharing a token multiply)
-    gate_of: dict[int, int] = {}
-    gates: list = []
-    for chunk in chunks:
-        request: SteerRequest = chunk.request
-        period = chunk.context_length or request.context_length
-        if context % period:
-            raise SteeringRuntimeError(f"the cross-attention context has {context} tokens, not a multiple of the "
-                                       f"{period} tokens of the steered conditioning")
-        gate = None
-        if request.gated:
-            gate = len(gates)
-            gates.append((call.run.percent_to_sigma(request.start_percent), call.run.percent_to_sigma(request.end_percent)))
-        for positions, s in _block_factors(request, call.key, heads):
-            per_channel = s.to(torch.float32).repeat_interleave(dim_head)            # [C]: channel c is head c // d
-            for b in range(chunk.rows.start, chunk.rows.stop):
-                for repeat in range(context // period):
-                    for p in positions:
-                        row = b * context + repeat * period + p
-                        factor_of[row] = factor_of[row] * per_channel if row in factor_of else per_channel
-                        if gate is not None:
-                            gate_of[row] = gate
+    for positions, s in _block_factors(request, key, heads):
+        per_channel = s.to(torch.float32).repeat_interleave(dim_head)            # [C]: channel c is head c // d
+        for b in range(rows.start, rows.stop):
+            for repeat in range(context // period):
+                for p in positions:
+                    row = b * context + repeat * period + p
+                    factor_of[row] = factor_of[row] * per_channel if row in factor_of else per_channel
     if not factor_of:
         return None
-    rows = sorted(factor_of)
-    row_gate = None
-    if gates:
-        # Rows of ungated requests get an always-open gate appended last.
-        row_gate = torch.tensor([gate_of.get(r, len(gates)) for r in rows], dtype=torch.int64, device=device)
-    return _Plan(chunks, torch.tensor(rows, dtype=torch.int64, device=device),
-                 torch.stack([factor_of[r] for r in rows]).to(device=device, dtype=dtype), row_gate, gates, channels)
+    order = sorted(factor_of)
+    return ChunkPlan(to_device(torch.tensor(order, dtype=torch.int64), device),
+                     to_device(torch.stack([factor_of[r] for r in order]), device, dtype), channels)
 
 
-def _open_gates(plan: _Plan, sigmas: torch.Tensor | None, device) -> torch.Tensor:
-    """bool [gates + 1] on the device: whether each gated request is active at this call's sigma."""
+def chunk_plan(call: AttnCall, chunk: Chunk, context: int, channels: int, device, dtype) -> ChunkPlan | None:
+    """build_chunk_plan, kept on the request (requests are immutable and live as long as their conditioning)."""
+    request: SteerRequest = chunk.request
+    period = chunk.context_length or request.context_length
+    key = (call.key, chunk.rows.start, chunk.rows.stop, period, context, channels, device, dtype)
+    plans = request.plans
+    if key not in plans:
+        if len(plans) >= MAX_PLANS_PER_REQUEST:
+            plans.clear()
+        plans[key] = build_chunk_plan(request, call.key, call.heads, chunk.rows, period, context, channels, device,
+                                      dtype)
+    return plans[key]
+
+
+class _CallPlan:
+    """What one batch layout steers in one transformer: every chunk's rows, merged where no gate splits them."""
+
+    def __init__(self, chunks, parts: list[tuple[ChunkPlan, tuple[float, float] | None]]):
+        self.chunks = chunks        # the chunk list this plan was made for (its identity keys the run's cache)
+        self.gated = [(p, gate) for p, gate in parts if gate is not None]
+        fixed = [p for p, gate in parts if gate is None]
+        self.index = self.factors = None
+        if len(fixed) == 1:
+            self.index, self.factors = fixed[0].index, fixed[0].factors
+        elif fixed:
+            self.index = torch.cat([p.index for p in fixed])
+            self.factors = torch.cat([p.factors for p in fixed])
+
+    @property
+    def empty(self) -> bool:
+        return self.index is None and not self.gated
+
+
+def _call_plan(call: AttnCall, chunks: Sequence[Chunk], context: int, channels: int, device, dtype) -> _CallPlan:
+    parts = []
+    for chunk in chunks:
+        plan = chunk_plan(call, chunk, context, channels, device, dtype)
+        if plan is not None:
+            request: SteerRequest = chunk.request
+            gate = None
+            if request.gated:     # sigmas of the run's model, so per run
+                gate = (call.run.percent_to_sigma(request.start_percent), call.run.percent_to_sigma(request.end_percent))
+            parts.append((plan, gate))
+    return _CallPlan(chunks, parts)
+
+
+def _gated(call: AttnCall, plan: ChunkPlan, gate: tuple[float, float]) -> torch.Tensor:
+    """The chunk's factors where its gate is open at this call's sigma, else ones (evaluated on the device, once
+    per UNet call and gate: every transformer of the call shares the answer)."""
+    sigmas = call.extra_options.get("sigmas")
     if sigmas is None:
-        return torch.ones(plan.bounds.shape[0], dtype=torch.bool, device=device)
-    sigma = sigmas.reshape(-1)[:1].to(device=device, dtype=torch.float32)
-    return (plan.bounds[:, 1] <= sigma) & (sigma <= plan.bounds[:, 0])
+        return plan.factors
+    key = (FEATURE, "gate", gate, plan.factors.device)
+    found = call.run.cache.get(key)
+    if found is None or found[0] is not sigmas:
+        sigma = sigmas.reshape(-1)[:1].to(device=plan.factors.device, dtype=torch.float32)
+        found = call.run.cache[key] = (sigmas, ((sigma <= gate[0]) & (sigma >= gate[1]))[:, None])   # bool [1, 1]
+    return torch.where(found[1], plan.factors, torch.ones_like(plan.factors))
 
 
 class SteeringProcessor:
@@ -89,29 +128,25 @@ class SteeringProcessor:
         batch, context, channels = v.shape
         # The run hands out one chunk list per batch layout and keeps it: its identity (checked, so a freed list's
         # reused id cannot match) names the layout without building a key from the chunks at every call.
-        cache_key = (FEATURE, call.key, id(chunks), batch, context, v.dtype, v.device)
-        plan = call.run.cache.get(cache_key)
-        if plan is None or plan.chunks is not chunks:
-            plan = build_plan(call, chunks, batch, context, channels, v.device, v.dtype) or _Nothing(chunks)
-            call.run.cache[cache_key] = plan
-        if plan.rows is None:
+        cache = call.run.cache
+        cache_key = (FEATURE, call.key, id(chunks), context, v.dtype)
+        plan = cache.get(cache_key)
+        if plan is None or plan.chunks is not chunks or plan.device != v.device:
+            plan = _call_plan(call, chunks, context, channels, v.device, v.dtype)
+            plan.device = v.device
+            cache[cache_key] = plan
+        if plan.empty:
             return q, k, v
-        factors = plan.factors
-        if plan.row_gate is not None:
-            open_rows = _open_gates(plan, call.extra_options.get("sigmas"), v.device)[plan.row_gate]
-            factors = torch.where(open_rows[:, None], factors, torch.ones_like(factors))
+        index, factors = plan.index, plan.factors
+        if plan.gated:
+            parts = [(p.index, _gated(call, p, gate)) for p, gate in plan.gated]
+            if index is not None:
+                parts.append((index, factors))
+            index, factors = torch.cat([i for i, _ in parts]), torch.cat([f for _, f in parts])
         # Two kernels: a copy (other code may still hold v) and one scatter that multiplies the target rows in place.
         out = v.clone()
-        out.view(batch * context, channels).scatter_reduce_(0, plan.index, factors, reduce="prod")
+        out.view(batch * context, channels).scatter_reduce_(0, index, factors, reduce="prod")
         return q, k, out
-
-
-class _Nothing:
-    """Cached for a layout with nothing to steer in this transformer."""
-    rows = None
-
-    def __init__(self, chunks):
-        self.chunks = chunks
 
 
 STEERING = SteeringProcessor()

@@ -1,7 +1,7 @@
 """What a steering text encoder puts on its CONDITIONING for the attention core."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,6 +25,9 @@ class SteerRequest:
     context_length: int             # tokens of the encoded prompt
     start_percent: float = 0.0      # ComfyUI's sampling fractions, as ControlNet's start/end
     end_percent: float = 1.0
+    # The steering processor's device tensors per (transformer, chunk placement, device, dtype), kept across
+    # sampling runs; not part of the request's value.
+    plans: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if not 0.0 <= self.start_percent < self.end_percent <= 1.0:
