@@ -19,6 +19,7 @@ import torch
 
 from ..attention import AttnCall, Chunk
 from ..attention.processor import request_block
+from ..attention.transfer import to_device
 from .request import FEATURE, MapError, MapRequest, RecordedMaps, latent_fingerprint
 
 SUSPEND_KEY = "hrv_maps_suspended"      # set in run.cache while extra forwards (A&E's gradient passes) run
@@ -66,14 +67,16 @@ class _Plan:
         self.heads_cpu = chosen
         self.columns_cpu = chosen + block.first_column
         self.all_heads = chosen.numel() == heads
-        self.heads = chosen.to(device)
+        self.heads = to_device(chosen, device)
+        self.count = int(chosen.numel())
+        self.budget = MAX_SCORE_ELEMENTS.get(torch.device(device).type, MAX_SCORE_ELEMENTS_DEFAULT)
         # [T, words]: the mean over a word's tokens, summed over the repeats of a context ComfyUI repeated.
         average = torch.zeros(context, len(request.words), dtype=torch.float32)
         for index, word in enumerate(request.words):
             for repeat in range(context // period):
                 for p in word.positions:
                     average[repeat * period + p, index] += 1.0 / len(word.positions)
-        self.average = average.to(device)
+        self.average = to_device(average, device)
         self.hw = self.latent_hw = None        # the layer's (h, w) and the latent's, read from the first call
 
 
@@ -84,7 +87,7 @@ class RunAccumulator:
     def __init__(self, request: MapRequest):
         self.request = request
         self.sums: dict = {}            # attn2 key -> (plan, (h, w), float32 [B, k, h*w, words])
-        self.calls = torch.zeros(request.layout.num_heads, dtype=torch.int64)   # per head, on the CPU
+        self.calls: dict = {}           # attn2 key -> recorded calls (host ints: no tensor op per call)
         self.latent_hw = None
         self.batch = None
 
@@ -98,7 +101,7 @@ class RunAccumulator:
             raise MapError(f"the mapped conditioning came with {b} images in one call and {self.batch} in another; "
                            "sample one batch size per run")
         entry = self.sums.get(key)
-        chosen = plan.heads.numel()
+        chosen = plan.count
         if entry is None:
             entry = self.sums[key] = (plan, hw, torch.zeros(b, chosen, n, plan.average.shape[1], dtype=torch.float32,
                                                             device=q.device))
@@ -109,8 +112,7 @@ class RunAccumulator:
             qh, kh = qh.index_select(2, plan.heads), kh.index_select(2, plan.heads)
         qh = qh.transpose(1, 2)                                                   # [b, k, n, d]
         kt = kh.permute(0, 2, 3, 1) * (d ** -0.5)                                 # [b, k, d, T]
-        budget = MAX_SCORE_ELEMENTS.get(q.device.type, MAX_SCORE_ELEMENTS_DEFAULT)
-        step = max(1, budget // max(1, b * chosen * context))
+        step = max(1, plan.budget // max(1, b * chosen * context))
         if step >= n:
             probs = torch.matmul(qh, kt).softmax(-1, dtype=torch.float32)       # [b, k, n, T]
             acc.addmm_(probs.view(-1, context), plan.average)                    # + the words' columns, tokens averaged
@@ -119,7 +121,7 @@ class RunAccumulator:
             for start in range(0, n, step):
                 probs = torch.matmul(qh[:, :, start:start + step], kt).softmax(-1, dtype=torch.float32)
                 rows[:, :, start:start + step] += torch.matmul(probs, plan.average)
-        self.calls[plan.columns_cpu] += 1
+        self.calls[key] = self.calls.get(key, 0) + 1
 
     def finish(self, output) -> RecordedMaps | None:
         if self.batch is None:
@@ -129,7 +131,9 @@ class RunAccumulator:
             for key, (plan, (h, w), sums) in self.sums.items():
                 cpu = sums.detach().to("cpu").clone()                             # [B, k, h*w, words]
                 maps[key] = (plan.heads_cpu.clone(), cpu.permute(0, 1, 3, 2).reshape(*cpu.shape[:2], -1, h, w).contiguous())
-            calls = self.calls.clone()
+            calls = torch.zeros(self.request.layout.num_heads, dtype=torch.int64)     # per head
+            for key, n in self.calls.items():
+                calls[self.sums[key][0].columns_cpu] += n
         return RecordedMaps(self.request, self.latent_hw, self.batch, maps, calls, latent_fingerprint(output))
 
 
@@ -170,7 +174,7 @@ class MapRecorder:
             plan = cache.get(plan_key)
             if plan is None:
                 plan = cache[plan_key] = _Plan(request, call.key, heads, k.shape[1], period, q.device)
-            if plan.heads.numel() == 0:
+            if plan.count == 0:
                 continue
             if plan.hw is None or plan.hw[0] * plan.hw[1] != q.shape[1]:
                 plan.hw = spatial_shape(call.extra_options, q.shape[1])
