@@ -292,6 +292,30 @@ def sample_word_table(bank: ConceptTokenBank, seed: int, prompt_index: int, step
 
 # --- scoring ------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class SlotTables:
+    """What the scorer needs of some samples of words (one word per concept each), derived once.
+
+    Leading dims [...] follow word_indices [..., C]; a build derives them for a whole run up front, so an
+    attention call only selects its step's rows.
+    """
+    rows: torch.Tensor            # int64 [..., T_sel]: the bank token each slot holds (0 for padding)
+    pad: torch.Tensor             # float32 [..., T_sel]: 0, or -inf for a padding slot (no share of the softmax)
+    inv_count: torch.Tensor       # float32 [..., C]: 1 / tokens of each sampled word (the mean over its tokens)
+
+
+def slot_tables(bank: ConceptTokenBank, word_indices: torch.Tensor) -> SlotTables:
+    """SlotTables of word_indices int64 [..., C] (entry c a word of concept c), on word_indices' device."""
+    slots = bank.slots(word_indices.device)
+    if word_indices.shape[-1] != slots.num_concepts:
+        raise ValueError(f"word_indices must end in {slots.num_concepts} concepts, got {list(word_indices.shape)}")
+    count = slots.token_count[word_indices]                                  # [..., C] tokens per sampled word
+    valid = slots.slot_offset < count[..., slots.slot_concept]               # [..., T_sel] False = padding
+    rows = torch.where(valid, slots.token_start[word_indices][..., slots.slot_concept] + slots.slot_offset, 0)
+    pad = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill_(~valid, float("-inf"))
+    return SlotTables(rows, pad, 1.0 / count.float())
+
+
 def paper_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: ConceptTokenBank,
                          word_indices: torch.Tensor, max_elements: int | None = None) -> torch.Tensor:
     """float32 [B, heads, C]: steps (a)-(c) for the sampled words, one value per concept.
@@ -301,36 +325,43 @@ def paper_word_attention(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: 
     word_indices int64 [B, C]: row b's sampled words, entry c a word of concept c (as
     sample_word_indices gives; other words would be cut to concept c's slot width), best already
     on q's device: a CPU tensor is copied to the GPU, and that copy waits for the stream.
-    Positions run in chunks so the [B, heads, n, T_sel] scores stay under max_elements. No value
-    is read on the host; the op sequence does not depend on heads, concepts or words.
+    """
+    batch = q.shape[0]
+    if tuple(word_indices.shape) != (batch, bank.num_concepts):
+        raise ValueError(f"word_indices must be [{batch}, {bank.num_concepts}], got {list(word_indices.shape)}")
+    return score_slots(q, keys, heads, bank.slots(q.device), slot_tables(bank, word_indices.to(q.device)),
+                       max_elements)
+
+
+def score_slots(q: torch.Tensor, keys: torch.Tensor, heads: int, slots: TokenSlots, tables: SlotTables,
+                max_elements: int | None = None) -> torch.Tensor:
+    """paper_word_attention with the samples' SlotTables [B, ...] already made (tables on q's device).
+
+    Positions run in chunks so the [B, heads, n, T_sel] scores stay under max_elements. No value is read on the
+    host; the op sequence does not depend on heads, concepts or words.
     """
     batch, positions, inner = q.shape
     if inner % heads or keys.dim() != 2 or keys.shape[1] != inner:
         raise ValueError(f"queries [.., {inner}] and keys {list(keys.shape)} do not split into {heads} heads")
-    slots = bank.slots(q.device)
-    if tuple(word_indices.shape) != (batch, slots.num_concepts):
-        raise ValueError(f"word_indices must be [{batch}, {slots.num_concepts}], got {list(word_indices.shape)}")
     d, n_slots = inner // heads, slots.num_slots
-    words = word_indices.to(q.device)                                        # [B, C]
-    count = slots.token_count[words]                                         # [B, C] tokens per sampled word
-    slot_count = count[:, slots.slot_concept]                                # [B, T_sel]
-    valid = slots.slot_offset < slot_count                                   # [B, T_sel] False = padding
-    rows = torch.where(valid, slots.token_start[words][:, slots.slot_concept] + slots.slot_offset, 0)
     # float32 scores even for half-precision models: a few MFLOP per call, and the votes of a
     # build then do not depend on the dtype the UNet runs in more than its queries do.
-    kt = keys[rows].float().reshape(batch, n_slots, heads, d).permute(0, 2, 3, 1)   # [B, heads, d, T_sel]
-    # Padding slots get -inf before the softmax: they take no share of a position's attention.
-    pad = torch.zeros(valid.shape, dtype=torch.float32, device=q.device).masked_fill_(~valid, float("-inf"))
-    pad = pad[:, None, None, :]                                              # [B, 1, 1, T_sel]
+    kt = keys[tables.rows].float().reshape(batch, n_slots, heads, d).permute(0, 2, 3, 1)   # [B, heads, d, T_sel]
+    pad = tables.pad[:, None, None, :]                                       # [B, 1, 1, T_sel]
     qh = q.reshape(batch, positions, heads, d).transpose(1, 2)               # [B, heads, N, d]
     max_elements = max_elements or default_max_elements(q.device)
     chunk = max(1, max_elements // max(1, batch * heads * n_slots))
-    total = torch.zeros((batch, heads, n_slots), dtype=torch.float32, device=q.device)
-    for start in range(0, positions, chunk):
-        scores = torch.matmul(qh[:, :, start:start + chunk].float(), kt) + pad   # [B, heads, n, T_sel]
-        total += scores.softmax(-1).sum(2)
+    if chunk >= positions:
+        # One copy makes the heads' queries contiguous and float32 (the matmul would copy them anyway).
+        qh = qh.to(torch.float32, memory_format=torch.contiguous_format)
+        total = (torch.matmul(qh, kt) + pad).softmax(-1).sum(2)             # [B, heads, T_sel]
+    else:
+        total = torch.zeros((batch, heads, n_slots), dtype=torch.float32, device=q.device)
+        for start in range(0, positions, chunk):
+            scores = torch.matmul(qh[:, :, start:start + chunk].float(), kt) + pad   # [B, heads, n, T_sel]
+            total += scores.softmax(-1).sum(2)
     per_word = torch.matmul(total, slots.slot_onehot)                        # [B, heads, C] summed over tokens
-    return per_word / (count[:, None, :].float() * positions)
+    return per_word * tables.inv_count[:, None, :] / positions
 
 
 def paper_head_votes(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: ConceptTokenBank,
@@ -338,6 +369,12 @@ def paper_head_votes(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: Conc
     """int64 [B, heads]: the concept row each head votes for (step (d): argmax over the concepts)."""
     # Entry c of word_indices is concept c's word, so the argmax position is the concept row.
     return paper_word_attention(q, keys, heads, bank, word_indices, max_elements).argmax(-1)
+
+
+def paper_head_votes_of_tables(q: torch.Tensor, keys: torch.Tensor, heads: int, bank: ConceptTokenBank,
+                               tables: SlotTables, max_elements: int | None = None) -> torch.Tensor:
+    """paper_head_votes with the samples' SlotTables [B, ...] already on q's device (a build makes them per run)."""
+    return score_slots(q, keys, heads, bank.slots(q.device), tables, max_elements).argmax(-1)
 
 
 def all_words_head_votes(q: torch.Tensor, word_keys: torch.Tensor, heads: int, word_concept: torch.Tensor,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.transfer import to_device
 from ..format.layout import HeadLayout, cross_attention_modules, layout_of_unet
 
 # Upper bound on the [B, heads, n, W] score chunk, in elements. On a GPU big chunks mean few
@@ -136,9 +137,11 @@ class VoteRecorder:
         self.counts: torch.Tensor | None = None   # int64 [S, C, H] on the sampling device
         self._keys: dict = {}                     # attn2 key -> scaled keys [T_all | W, heads*d]
         self._word_concept: dict = {}             # device -> int64 [W]
-        self._columns: dict = {}                  # (attn2 key, device) -> int64 [heads]
+        self._columns: dict = {}                  # (attn2 key, rows, device) -> int64 [rows * heads] columns
+        self._ones: dict = {}                     # (n, device) -> int64 [n] ones: the index_put_ increments
         self._position = {b.key: i for i, b in enumerate(layout.blocks)}   # transformer number of the word draw
-        self._tables: dict = {}                   # device -> int64 [B, S, T, C] words of this run's prompts
+        self._table = None                        # int64 [B, S, T, C]: the words of this run's prompts
+        self._tables: dict = {}                   # device -> SlotTables [T, S, B, ...] of those words
         self._step_for: tuple = (None, None)      # (sigmas tensor of the current model call, its step)
         self.start_prompt()
 
@@ -148,16 +151,19 @@ class VoteRecorder:
 
     def start_prompt(self, prompt_indices=(0,)) -> None:
         """A new sampling run of the prompts prompt_indices (its latent rows in that order)."""
-        from .estimator import sample_word_table
+        from .estimator import sample_word_table, slot_tables
         self.prompt_indices = tuple(int(i) for i in prompt_indices)
         self.counts = None
         self.step = 0
         self._step_for = (None, None)
         self._tables = {}
         if self.estimator == "paper":
-            # Every call's words for the whole run, drawn up front: sampling never waits on the host for them.
-            self._tables["cpu"] = torch.stack([sample_word_table(self.bank, self.seed, i, self.steps, len(self._position))
-                                               for i in self.prompt_indices])
+            # Every call's words for the whole run, drawn up front, and what the scorer derives from them
+            # ([transformers, steps, prompts, ...]): an attention call only selects its step.
+            table = torch.stack([sample_word_table(self.bank, self.seed, i, self.steps, len(self._position))
+                                 for i in self.prompt_indices])                              # [B, S, T, C]
+            self._table = table
+            self._tables["cpu"] = slot_tables(self.bank, table.permute(2, 1, 0, 3).contiguous())
 
     def end_step(self, step_index: int) -> None:
         """Sampler callback: step `step_index` is done (used only when ComfyUI gives no sample_sigmas)."""
@@ -173,27 +179,32 @@ class VoteRecorder:
         """attn2.to_k(embeddings) / sqrt(d), once per run and block: every bank token [T_all, heads*d] for the
         paper's estimator, one mean embedding per word [W, heads*d] for all_words."""
         keys = self._keys.get(key)
-        if keys is None or keys.device != like.device or keys.dtype != like.dtype:
+        if keys is None or keys.device != like.device:
             attn2 = self.attn_modules[key]
             d = attn2.to_k.weight.shape[0] // int(attn2.heads)
             embeddings = self.bank.tokens if self.estimator == "paper" else self.words.embeddings
             # Through the module, so ComfyUI's weight casting and LoRA patches apply.
             keys = attn2.to_k(embeddings.to(device=like.device, dtype=like.dtype)) * (1.0 / math.sqrt(d))
+            if self.estimator == "paper":
+                keys = keys.float()     # the scorer's dtype, cast once per run rather than per call
             self._keys[key] = keys
         return keys
 
-    def sampled_words(self, key, rows: int, step: torch.Tensor, device) -> torch.Tensor:
-        """int64 [rows, C] on `device`: each row's words at this step and transformer (rows follow the prompts)."""
-        table = self._tables.get(device)
-        if table is None:
-            table = self._tables[device] = self._tables["cpu"].to(device)
-        # index_select with a 1-element index tensor: indexing by a 0-dim tensor would read it on the host (a sync).
-        words = table.index_select(1, step.reshape(1))[:, 0, self._position[key]]   # [B, C]
-        if rows != words.shape[0]:
-            if rows % words.shape[0]:
-                raise ValueError(f"{rows} voting rows do not match the {words.shape[0]} prompts of this run")
-            words = words.repeat(rows // words.shape[0], 1)
-        return words
+    def step_tables(self, key, rows: int, step: torch.Tensor, device):
+        """The scorer's SlotTables [rows, ...] of this step and transformer, on `device`.
+
+        The run's tables move to the device once; the step is selected with a 1-element index tensor (indexing by
+        a 0-dim tensor would read it on the host: a sync)."""
+        from .estimator import SlotTables
+        tables = self._tables.get(device)
+        if tables is None:
+            cpu = self._tables["cpu"]
+            tables = self._tables[device] = SlotTables(*(to_device(t, device) for t in (cpu.rows, cpu.pad,
+                                                                                        cpu.inv_count)))
+        at = self._position[key]
+        index = step.reshape(1)
+        return SlotTables(*(_repeat_rows(t[at].index_select(0, index)[0], rows)
+                            for t in (tables.rows, tables.pad, tables.inv_count)))
 
     def current_step(self, extra_options: dict, device) -> torch.Tensor:
         """int64 scalar tensor on `device`: the step whose noise level this model call runs at.
@@ -217,33 +228,42 @@ class VoteRecorder:
 
     def record(self, key, cond: torch.Tensor, extra_options: dict) -> None:
         """Count the votes of the projected queries cond [B, N, heads*d] of the conditionings that vote."""
-        from .estimator import paper_head_votes
+        from .estimator import paper_head_votes_of_tables
         heads = int(extra_options["n_heads"])
         device = cond.device
         step = self.current_step(extra_options, device)
         if self.estimator == "paper":
-            concepts = paper_head_votes(cond, self.concept_keys(key, cond), heads, self.bank,
-                                        self.sampled_words(key, cond.shape[0], step, device), self.max_elements)
+            concepts = paper_head_votes_of_tables(cond, self.concept_keys(key, cond), heads, self.bank,
+                                                  self.step_tables(key, cond.shape[0], step, device), self.max_elements)
         else:
             concepts = head_vote_concepts(cond, self.concept_keys(key, cond), heads,
                                           _cached(self._word_concept, device, device, lambda: self.words.word_concept),
                                           self.max_elements)                      # [Bc, heads]
         block = self.layout.block(key)
-        columns = _cached(self._columns, (key, device), device,
-                          lambda: torch.arange(block.first_column, block.first_column + heads))
+        rows = concepts.shape[0]
+        columns = _cached(self._columns, (key, rows, device), device,       # int64 [rows * heads], row-major
+                          lambda: torch.arange(block.first_column, block.first_column + heads).repeat(rows))
         if self.counts is None:
             self.counts = torch.zeros(self.shape, dtype=torch.int64, device=device)
-        step = step.expand(concepts.numel())
-        ones = torch.ones(concepts.numel(), dtype=torch.int64, device=device)
-        self.counts.index_put_((step, concepts.reshape(-1), columns.expand_as(concepts).reshape(-1)),
-                               ones, accumulate=True)
+        n = concepts.numel()
+        ones = _cached(self._ones, (n, device), device, lambda: torch.ones(n, dtype=torch.int64))
+        self.counts.index_put_((step.expand(n), concepts.reshape(-1), columns), ones, accumulate=True)
 
 
 def _cached(cache: dict, cache_key, device, make) -> torch.Tensor:
     t = cache.get(cache_key)
     if t is None:
-        t = cache[cache_key] = make().to(device)
+        t = cache[cache_key] = to_device(make(), device)
     return t
+
+
+def _repeat_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t [B, ...] for `rows` voting rows: the prompts' rows repeated when a chunk holds them several times."""
+    if rows == t.shape[0]:
+        return t
+    if rows % t.shape[0]:
+        raise ValueError(f"{rows} voting rows do not match the {t.shape[0]} prompts of this run")
+    return t.repeat(rows // t.shape[0], *([1] * (t.dim() - 1)))
 
 
 VOTE_FEATURE = "vote"
