@@ -121,6 +121,9 @@ def measure(args, device, attention, model, voting, recorder, positive, positive
     pairs = args.pairs or max(3, min(12, int(150 / (warm_plain + warm_vote))))
     runs = hb.interleaved_runs({"plain": plain_run, "vote": vote_run}, pairs, device,
                                lambda name, t: f"{name} {t / args.steps:.3f}s/step")
+    counts = {name: hb.launch_counts(run, device, per=args.steps) for name, run in (("plain", plain_run), ("vote", vote_run))}
+    print(f"batch {batch} per step, from one profiled run: " +
+          "; ".join(f"{name}: {hb.describe_counts(c)}" for name, c in counts.items()), flush=True)
     expected = vote_runs * args.steps * layout.num_heads * batch   # cond chunk only: one vote per head, step and prompt
     assert int(votes.sum()) == expected, (int(votes.sum()), expected)
     plain_step, vote_step = min(runs["plain"]) / args.steps, min(runs["vote"]) / args.steps

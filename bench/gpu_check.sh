@@ -78,7 +78,7 @@ run heatmap_sd1 "${limits[3]}" "$py" bench/heatmap.py ${dev/--unet tiny/} --dtyp
 
 echo "== key ratios (targets: attn_overhead_ratio <= 1.10, overhead_ratio <= 1.02, build_overhead_ratio <= 1.10)"
 for name in steering_sd1 steering_sdxl build_sd1 heatmap_sd1; do
-    grep -h -E '^(attention,|sampling step|plain step|vote step|batch [0-9]+:|best batch|UNet call|outputs bit|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
+    grep -h -E '^(attention,|sampling step|plain step|vote step|batch [0-9]+[: ]|best batch|UNet call|per step|per UNet call|outputs bit|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
         | sed "s/^/$name: /" >>"$OUT/summary.txt"
 done
 cat "$OUT/summary.txt"

@@ -29,6 +29,7 @@ import torch
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PACK_DIR)
 sys.path.insert(0, os.path.join(PACK_DIR, "tests"))  # harness/
+sys.path.insert(0, os.path.join(PACK_DIR, "bench"))  # hrvbench
 
 PROMPT = "a photo of a rose-colored car parked by the sea"
 WORD = "rose-colored"
@@ -150,6 +151,9 @@ def main():
     with torch.inference_mode():
         outputs = {name: m.model.apply_model(x, sigma.repeat(2 * b), c_crossattn=context,
                                              transformer_options=dict(options)) for name, (m, options) in variants.items()}
+    import hrvbench as hb
+    counts = {name: hb.launch_counts(lambda name=name: step(name), device) for name in names}
+    print("per UNet call, profiled: " + "; ".join(f"{n}: {hb.describe_counts(c)}" for n, c in counts.items()), flush=True)
     identical = all(torch.equal(outputs["plain"], outputs[name]) for name in ("all", "top25"))
     median = {name: statistics.median(t) for name, t in times.items()}
     run = variants["top25"][1][CORE_KEY]

@@ -200,3 +200,28 @@ def interleaved_runs(kinds: dict, pairs: int, device, label=lambda name, t: f"{n
             times[name].append(timed(kinds[name], device))
         print(f"  pair {i + 1}/{pairs}: " + ", ".join(label(n, times[n][-1]) for n in names), flush=True)
     return times
+
+
+RUNTIME_CALLS = {"launches": ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"),
+                 "copies": ("cudaMemcpyAsync", "cudaMemcpy"),
+                 "syncs": ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")}
+
+
+def launch_counts(fn, device, per: int = 1) -> dict:
+    """What one call of fn asks of the device, divided by `per` (e.g. its steps): on a GPU the CUDA runtime calls
+    (kernel launches, memcpys, synchronisations; a step of SD1.5 is launch-bound, so these are its cost), on the
+    CPU the aten ops dispatched (the same count a GPU would launch, roughly)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    events = {e.key: e.count for e in prof.key_averages()}
+    if device.type == "cuda":
+        return {kind: round(sum(events.get(n, 0) for n in names) / per, 1) for kind, names in RUNTIME_CALLS.items()}
+    return {"aten ops": round(sum(c for k, c in events.items() if k.startswith("aten::")) / per, 1)}
+
+
+def describe_counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in counts.items())

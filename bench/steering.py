@@ -196,6 +196,9 @@ def main(argv=None):
     print(f"sampling step (KSampler {args.steps}-step runs), median s: plain {step['plain']:.4f}, steered "
           f"{step['steered']:.4f} (steered/plain: back-to-back {pair_ratio:.4f}, minima "
           f"{min(runs['steered']) / min(runs['plain']):.4f}); load average now {os.getloadavg()[0]:.2f}")
+    per_step = {name: hb.launch_counts(run, device, per=args.steps) for name, run in kinds.items()}
+    print("per step, from one profiled run: " + "; ".join(f"{name}: {hb.describe_counts(c)}" for name, c in
+                                                         per_step.items()), flush=True)
     print(f"explicit_map_attn_ratio={attn['explicit_map'] / attn['plain']:.4f} (materialised attention map, for the record)")
     print(f"attn_overhead_ratio={attn['patched'] / attn['plain']:.4f}")
     print(f"overhead_ratio={step['steered'] / step['plain']:.4f}")
