@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmarks' GPU check in one short run (about 2-3 minutes on an H100/H200; the timeouts cap it at 6):
+# The benchmarks' GPU check in one short run (about 2-3 minutes on an H100/H200; the timeouts cap it at 8):
 # SD1.5 steering at 512x512, SDXL steering at 1024x1024 (fp16, UNet batch 2 = cond + uncond), the build's vote
-# overhead (SD1.5 fp16) and the heat-map recorder's (SD1.5 fp16, 2 images x cond + uncond), then the key ratios. The GPU machine has torch, transformers, safetensors, numpy but no
+# overhead (SD1.5 fp16), the heat-map recorder's (SD1.5 fp16, 2 images x cond + uncond) and Attend-and-Excite's
+# guided steps, then the key ratios. The GPU machine has torch, transformers, safetensors, numpy but no
 # ComfyUI and no network, so everything it needs travels in .gpu (ignored by git, named in the run's carry):
 #   bash bench/gpu_check.sh prepare     here, once: .gpu/comfyui and .gpu/reference (../shared/gpu/bundle.sh) and
 #                                       .gpu/site (ComfyUI's pure-Python samplers need torchsde and trampoline)
@@ -42,14 +43,16 @@ if [[ -n "${SMOKE:-}" ]]; then   # every command, on the CPU, at sizes that run 
     sdxl="--size 8 --steps 1 --pairs 1 --attn-reps 1 --warmup 0"
     build="--size 16 --steps 1 --pairs 1 --attn-reps 1 --batch 1,2"
     heatmap="--unet tiny --size 16 --pairs 1 --warmup 0"
-    limits=(900 900 900 900)
+    excite="--size 16 --steps 2 --max-refinement 1"
+    limits=(900 900 900 900 900)
 else
     dev="--device cuda"
     sd1="--size 64 --steps 10 --pairs 8 --attn-reps 30"
     sdxl="--size 128 --steps 6 --pairs 4 --attn-reps 10"
     build="--size 64 --steps 8 --pairs 4 --attn-reps 10 --batch 1,16"
     heatmap="--size 64 --pairs 20 --warmup 3"
-    limits=(70 130 110 60)
+    excite="--size 64 --steps 10 --max-refinement 3"
+    limits=(70 130 110 60 90)
 fi
 
 { nvidia-smi -L 2>&1 || echo "no nvidia-smi"; } | tee "$OUT/nvidia-smi.txt"
@@ -75,10 +78,12 @@ run steering_sdxl "${limits[1]}" "$py" bench/steering.py --arch sdxl $dev --dtyp
 run build_sd1 "${limits[2]}" "$py" bench/build.py --arch sd1 $dev --dtype fp16 $build
 # shellcheck disable=SC2086
 run heatmap_sd1 "${limits[3]}" "$py" bench/heatmap.py ${dev/--unet tiny/} --dtype fp16 $heatmap --reference-dir "$ref"
+# shellcheck disable=SC2086
+run excite_sd1 "${limits[4]}" "$py" bench/excite.py $dev --dtype fp16 $excite --reference-dir "$ref"
 
 echo "== key ratios (targets: attn_overhead_ratio <= 1.10, overhead_ratio <= 1.02, build_overhead_ratio <= 1.10)"
-for name in steering_sd1 steering_sdxl build_sd1 heatmap_sd1; do
-    grep -h -E '^(attention,|sampling step|plain step|vote step|batch [0-9]+[: ]|best batch|UNet call|per step|per UNet call|outputs bit|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
+for name in steering_sd1 steering_sdxl build_sd1 heatmap_sd1 excite_sd1; do
+    grep -h -E '^(attention,|sampling step|plain step|vote step|batch [0-9]+[: ]|best batch|UNet call|per step|per UNet call|refinement:|outputs bit|[a-z_]+_ratio=)' "$OUT/$name.log" 2>/dev/null \
         | sed "s/^/$name: /" >>"$OUT/summary.txt"
 done
 cat "$OUT/summary.txt"
