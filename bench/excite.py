@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
 
 import torch
 
