@@ -207,3 +207,23 @@ def test_fold_and_keep_values():
     assert torch.allclose(folded[0], torch.stack([v[0, 0], 2 * v[0, 3], 0.5 * (v[0, 1] + v[0, 2])]))
     kept = fused.keep_values(v, torch.tensor([1]))
     assert torch.equal(kept[0, 1], v[0, 1]) and not kept[0, [0, 2, 3]].any()
+
+
+def test_plans_are_built_once_per_request_and_layout_across_runs(monkeypatch):
+    """A second sampling run (new RunState, new uuids) of the same edit conditioning reuses the index tensors kept
+    on its request; the output is the same."""
+    import hrv.edit.processor as processor
+    built = []
+    real = processor._Plan
+    monkeypatch.setattr(processor, "_Plan", lambda *a, **kw: built.append(a[0].key) or real(*a, **kw))
+    ident = Alignment("replace", 12, 12, tuple((t, t, 1.0) for t in range(12)), (), ())
+    edit_request = request(ident, 12, [(2, torch.linspace(0.5, 2.0, 128))])
+    fn = make_core_fn(KEY, kernel(), "default")
+    q, k, v = randn(2, 9, HEADS * DIM, seed=1), randn(2, 12, HEADS * DIM, seed=2), randn(2, 12, HEADS * DIM, seed=3)
+    outs = []
+    for _ in range(2):
+        edit = uuid.uuid4()
+        run = run_for({edit: edit_request})
+        outs.append(fn(q, k, v, options(run, [edit], [0], sigma=7.0)))
+        run.finish()
+    assert built == [KEY] and torch.equal(outs[0], outs[1])

@@ -18,11 +18,13 @@ from typing import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
+from ..attention.transfer import to_device
 from ..format.layout import attention_levels
 from . import fused
 from .request import FEATURE, EditRequest
 
 STEP_KEY = (FEATURE, "step")
+MAX_PLANS_PER_REQUEST = 1024        # transformers x batch layouts x devices
 BLEND_KEY = (FEATURE, "blend")      # run.cache: {id(request): BlendMaps} of the current model call
 
 
@@ -79,7 +81,7 @@ class BlendMaps:
 
 
 class _Plan:
-    """Index and factor tensors of one chunk layout, built once per run."""
+    """Index and factor tensors of one chunk layout in one transformer, built once and kept on the request."""
 
     def __init__(self, call: AttnCall, chunk: Chunk, request: EditRequest, batch: int, context: int, channels: int,
                  device, dtype):
@@ -92,19 +94,19 @@ class _Plan:
         if context % a.source_length or context % a.target_length:
             raise EditRuntimeError(f"the cross-attention context has {context} tokens, not a multiple of the prompts' "
                                    f"{a.source_length} and {a.target_length}")
-        self.source_rows = torch.tensor(list(rows)[0::2], dtype=torch.int64, device=device)
-        self.target_rows = torch.tensor(list(rows)[1::2], dtype=torch.int64, device=device)
+        self.source_rows = to_device(torch.tensor(list(rows)[0::2], dtype=torch.int64), device)
+        self.target_rows = to_device(torch.tensor(list(rows)[1::2], dtype=torch.int64), device)
         self.take = _take_source_rows(rows, batch, device)
         self.context, self.source_length, self.target_length = context, a.source_length, a.target_length
-        self.pair_target = torch.tensor([t for t, _, _ in a.pairs], dtype=torch.int64, device=device)
-        self.pair_source = torch.tensor([s for _, s, _ in a.pairs], dtype=torch.int64, device=device)
+        self.pair_target = to_device(torch.tensor([t for t, _, _ in a.pairs], dtype=torch.int64), device)
+        self.pair_source = to_device(torch.tensor([s for _, s, _ in a.pairs], dtype=torch.int64), device)
         weights = [w for _, _, w in a.pairs]
         self.weights = (None if all(w == 1.0 for w in weights) else
-                        torch.tensor(weights, dtype=torch.float32, device=device).to(dtype))
+                        to_device(torch.tensor(weights, dtype=torch.float32), device, dtype))
         # The usual word swap: every position carried from the same position, so the fold is the identity.
         self.identity = (a.source_length == a.target_length and self.weights is None
                          and [(t, s) for t, s, _ in a.pairs] == [(p, p) for p in range(a.target_length)])
-        self.own = torch.tensor(a.own, dtype=torch.int64, device=device) if a.own else None
+        self.own = to_device(torch.tensor(a.own, dtype=torch.int64), device) if a.own else None
         heads = call.heads
         self.scale_positions = self.scale = self.head_scale = None
         if request.scales:
@@ -118,29 +120,29 @@ class _Plan:
                 raise EditRuntimeError(f"cross-attention {'.'.join(map(str, call.key))} has {heads} heads but the HRV "
                                        f"expects {columns.stop - columns.start}: the HRV was made for another architecture")
             per_head = torch.stack([f[columns].to(torch.float32) for _, f in request.scales])          # [n, H]
-            self.scale_positions = torch.tensor([p for p, _ in request.scales], dtype=torch.int64, device=device)
-            self.scale = per_head.repeat_interleave(channels // heads, dim=1).to(device=device, dtype=dtype)
-            self.head_scale = per_head.to(device)
+            self.scale_positions = to_device(torch.tensor([p for p, _ in request.scales], dtype=torch.int64), device)
+            self.scale = to_device(per_head.repeat_interleave(channels // heads, dim=1), device, dtype)
+            self.head_scale = to_device(per_head, device)
         blend = request.blend
         self.blend = blend is not None and call.key in blend.keys
         if self.blend:
-            self.blend_source = torch.tensor(blend.source_positions, dtype=torch.int64, device=device)
+            self.blend_source = to_device(torch.tensor(blend.source_positions, dtype=torch.int64), device)
             targets = blend.target_positions
             carried = a.carried()
             weights = torch.zeros(a.source_length, len(targets), dtype=torch.float32)
             for j, t in enumerate(targets):
                 for s, w in carried.get(t, ()):
                     weights[s, j] += w
-            self.blend_weights = weights.to(device)                                            # [Ls, T]
-            self.blend_target = torch.tensor(targets, dtype=torch.int64, device=device)
-            self.blend_own = torch.tensor([t in set(a.own) for t in targets], dtype=torch.bool, device=device)
+            self.blend_weights = to_device(weights, device)                                    # [Ls, T]
+            self.blend_target = to_device(torch.tensor(targets, dtype=torch.int64), device)
+            self.blend_own = to_device(torch.tensor([t in set(a.own) for t in targets], dtype=torch.bool), device)
             scale = torch.ones(len(targets), heads)
             if request.scales:
                 for j, t in enumerate(targets):
                     for (p, _), factors in zip(request.scales, per_head):
                         if p == t:
                             scale[j] = factors
-            self.blend_scale = scale.to(device)                                                 # [T, H]
+            self.blend_scale = to_device(scale, device)                                         # [T, H]
 
 
 def _halved_twice(n: int) -> int:
@@ -191,22 +193,27 @@ class EditProcessor:
     # --- the work ------------------------------------------------------------------------------------------------
 
     def _plan(self, call: AttnCall, chunk: Chunk, v, self_attention: bool = False) -> _Plan:
+        """The chunk's plan, kept on its request across sampling runs (it depends only on the request, the
+        transformer and where the chunk sits in the batch); built with asynchronous copies to the device."""
         batch, context, channels = v.shape
+        request: EditRequest = chunk.request
         if self_attention:   # only the rows matter; the context is the image
-            key = (FEATURE, "self", chunk.index, chunk.rows.start, chunk.rows.stop, batch, v.device)
-            plan = call.run.cache.get(key)
-            if plan is None:
+            key = ("self", chunk.rows.start, chunk.rows.stop, batch, v.device)
+        else:
+            key = (call.key, chunk.rows.start, chunk.rows.stop, batch, context, channels, v.device, v.dtype)
+        plan = request.plans.get(key)
+        if plan is None:
+            if len(request.plans) >= MAX_PLANS_PER_REQUEST:
+                request.plans.clear()
+            if self_attention:
                 rows = range(chunk.rows.start, chunk.rows.stop)
                 if len(rows) % 2:
                     raise EditRuntimeError(f"the edit conditioning got {len(rows)} latent row(s); it needs pairs "
                                            "(source, target): connect the LATENT output of HRV Prompt Edit to the sampler")
-                plan = call.run.cache[key] = _RowsPlan(_take_source_rows(rows, batch, v.device))
-            return plan
-        key = (FEATURE, call.key, chunk.index, chunk.rows.start, chunk.rows.stop, batch, id(chunk.request), context,
-               channels, v.device, v.dtype)
-        plan = call.run.cache.get(key)
-        if plan is None:
-            plan = call.run.cache[key] = _Plan(call, chunk, chunk.request, batch, context, channels, v.device, v.dtype)
+                plan = _RowsPlan(_take_source_rows(rows, batch, v.device))
+            else:
+                plan = _Plan(call, chunk, request, batch, context, channels, v.device, v.dtype)
+            request.plans[key] = plan
         return plan
 
     @staticmethod
@@ -269,7 +276,7 @@ def _take_source_rows(rows: range, batch: int, device) -> torch.Tensor:
     take = list(range(batch))
     for r in list(rows)[1::2]:
         take[r] = r - 1
-    return torch.tensor(take, dtype=torch.int64, device=device)
+    return to_device(torch.tensor(take, dtype=torch.int64), device)
 
 
 EDIT = EditProcessor()

@@ -37,6 +37,8 @@ class EditRequest:
     scales: tuple = ()                           # ((target position, float32 [H] factors), ...)
     blend: LocalBlend | None = None
     labels: tuple = field(default=())            # for logs
+    # The processor's device tensors per (transformer, chunk placement, device, dtype), kept across sampling runs.
+    plans: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         for name in ("cross_replace", "self_replace"):
