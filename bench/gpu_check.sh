@@ -7,6 +7,8 @@
 #   bash bench/gpu_check.sh prepare     here, once: .gpu/comfyui and .gpu/reference (../shared/gpu/bundle.sh) and
 #                                       .gpu/site (ComfyUI's pure-Python samplers need torchsde and trampoline)
 #   bash bench/gpu_check.sh             there, from the project root; logs and summary.txt go to $OUT
+#   bash bench/gpu_check.sh edit        there: HRV Prompt Edit's time and memory instead, SD1.5 512 and SDXL 1024
+#                                       (bench/edit.py, every kind in its own process; about 4 minutes)
 # CPU dry run of every command at tiny sizes (ignores .gpu unless it exists): SMOKE=1 bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,6 +58,22 @@ else
 fi
 
 { nvidia-smi -L 2>&1 || echo "no nvidia-smi"; } | tee "$OUT/nvidia-smi.txt"
+if [[ "${1:-}" == edit ]]; then
+    if [[ -n "${SMOKE:-}" ]]; then sizes=("--latent 8 --steps 2 --repeats 1" "--latent 8 --steps 2 --repeats 1")
+    else sizes=("--latent 64 --steps 20 --repeats 3" "--latent 128 --steps 20 --repeats 2"); fi
+    : >"$OUT/summary.txt"
+    for i in 0 1; do
+        arch=(sd1 sdxl); name=edit_${arch[$i]}
+        echo "== $name"
+        # shellcheck disable=SC2086
+        timeout --kill-after=10 300 "$py" bench/edit.py --arch "${arch[$i]}" $dev \
+            ${sizes[$i]} --reference-dir "$ref" >"$OUT/$name.log" 2>&1
+        echo "$name exit=$?" >>"$OUT/summary.txt"
+        grep -h -E '^(\[checks\] (identical|hrv_strength)|plain |replace|refine|edit_)' "$OUT/$name.log" | sed "s/^/$name: /" >>"$OUT/summary.txt"
+    done
+    cat "$OUT/summary.txt"
+    exit 0
+fi
 echo "python: $py ($($py -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())' 2>&1)); COMFYUI_DIR=${COMFYUI_DIR:-unset}"
 
 run() {  # name, timeout, command...
