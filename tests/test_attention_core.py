@@ -309,3 +309,37 @@ def test_self_attention_hooks_install_chain_and_run_only_where_asked():
     plain_out = fused_attention(kernels()["basic"])(q2, k2, v2, {"n_heads": 8})
     assert (out2 - (plain_out + 1.0)).abs().max().item() <= 1e-5        # attention rows sum to one: the term adds 1
     assert probe.seen == [("attn1", ("input", 7, 0)), ("attn1", ("middle", 0, 0)), ("attn2", ("input", 1, 0))]
+
+
+def test_a_steered_call_reads_nothing_on_the_host_and_runs_two_ops():
+    """Once a run has its plan, a steered attention call adds a copy of v and one scatter: no value read on the host
+    (no aten._local_scalar_dense: no GPU sync) and no host-to-device copy (the plan's tensors are made once)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    ops = []
+
+    class OpLog(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    layout = known_layout("sd1")
+    cond, plain = uuid.uuid4(), uuid.uuid4()
+    run = run_with({cond: request(layout, [((1, 2), torch.linspace(0.5, 2.0, 128))], start=0.2)})
+    fn = make_core_fn(("input", 1, 0), lambda q, k, v, e: v, "default")
+    q, k, v = qkv(2, 8, 8, 2)
+    options = extra(run, 8, 2, [cond, plain])
+    fn(q, k, v, options)                                          # builds the plan and this UNet call's gate
+    with OpLog():
+        fn(q, k, v, options)
+    views = {"aten.view", "aten._unsafe_view", "aten.alias", "aten.expand", "aten.detach"}
+    work = [op for op in ops if op not in views]
+    assert not [op for op in work if "local_scalar_dense" in op or "_to_copy" in op or "copy_" == op], work
+    # gated request: where + ones_like pick the factors on the device; then the copy and the scatter
+    assert work == ["aten.ones_like", "aten.where", "aten.clone", "aten.scatter_reduce_"], work
+    ops.clear()
+    always = run_with({cond: request(layout, [((1, 2), torch.linspace(0.5, 2.0, 128))])})
+    options = extra(always, 8, 2, [cond, plain])
+    fn(q, k, v, options)
+    with OpLog():
+        fn(q, k, v, options)
+    assert [op for op in ops if op not in views] == ["aten.clone", "aten.scatter_reduce_"], ops

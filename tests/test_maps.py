@@ -338,3 +338,42 @@ def test_long_prompts_map_words_past_77_tokens(pack, pipeline, sd1_hrv):
     assert request.context_length == 154 and request.words[0].positions[0] > 77
     out = sample(mapped, positive, clip_text_encode(clip, ""), size=8)
     assert torch.isfinite(request.holder.find(out).latent_maps()).all()
+
+
+def test_a_recording_call_reads_nothing_on_the_host_and_runs_few_ops(official_dir):
+    """Per call, once the run's plan exists: the chosen heads' q and k, one scaled product, the softmax and one
+    accumulating product; no value read on the host (no GPU sync), no host-to-device copy."""
+    import uuid
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hrv.attention import CORE_KEY, COND_KEY
+    from hrv.attention.core import make_core_fn
+    from hrv.attention.run import RunState
+    from hrv.maps.encode import map_request
+    ops = []
+
+    class OpLog(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    hrv = load(f"{official_dir}/sd1_official.safetensors")
+    request = map_request(tokenizer_clip("sd1"), hrv, TEXT, "rose-colored", "Color", "top_k", 0.25)
+    cond, plain = uuid.uuid4(), uuid.uuid4()
+    run = RunState({FEATURE: RECORDER}, {"positive": [{"uuid": cond, COND_KEY: {FEATURE: request},
+                                                       "cross_attn": torch.zeros(1, 77, 1)}]})
+    fn = make_core_fn(("input", 1, 0), lambda q, k, v, e: v, "default")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 16, 32, generator=g), torch.randn(2, 77, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    options = {"n_heads": 8, "dim_head": 4, "uuids": [cond, plain], "sigmas": torch.tensor([5.0]), CORE_KEY: run,
+               "attn_precision": None, "original_shape": [2, 4, 4, 4]}
+    fn(q, k, v, options)
+    with OpLog():
+        fn(q, k, v, options)
+    views = {"aten.view", "aten._unsafe_view", "aten.alias", "aten.expand", "aten.detach", "aten.slice",
+             "aten.transpose", "aten.permute", "aten.select"}
+    work = [op for op in ops if op not in views]
+    assert not [op for op in work if "local_scalar_dense" in op or "_to_copy" in op or op == "aten.copy_"], work
+    assert work == ["aten.index_select", "aten.index_select", "aten.mul", "aten.bmm", "aten._softmax",
+                    "aten.addmm_"], work

@@ -142,7 +142,10 @@ class SteeringProcessor:
             parts = [(p.index, _gated(call, p, gate)) for p, gate in plan.gated]
             if index is not None:
                 parts.append((index, factors))
-            index, factors = torch.cat([i for i, _ in parts]), torch.cat([f for _, f in parts])
+            if len(parts) == 1:
+                index, factors = parts[0]
+            else:
+                index, factors = torch.cat([i for i, _ in parts]), torch.cat([f for _, f in parts])
         # Two kernels: a copy (other code may still hold v) and one scatter that multiplies the target rows in place.
         out = v.clone()
         out.view(batch * context, channels).scatter_reduce_(0, index, factors, reduce="prod")
