@@ -207,20 +207,33 @@ RUNTIME_CALLS = {"launches": ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchK
                  "syncs": ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")}
 
 
+VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.alias", "aten.expand", "aten.detach", "aten.slice", "aten.select",
+            "aten.transpose", "aten.permute", "aten.t", "aten.unsqueeze", "aten.squeeze", "aten.reshape",
+            "aten.as_strided", "aten.split", "aten.chunk", "aten.unbind", "aten.lift_fresh"}
+
+
 def launch_counts(fn, device, per: int = 1) -> dict:
     """What one call of fn asks of the device, divided by `per` (e.g. its steps): on a GPU the CUDA runtime calls
     (kernel launches, memcpys, synchronisations; a step of SD1.5 is launch-bound, so these are its cost), on the
-    CPU the aten ops dispatched (the same count a GPU would launch, roughly)."""
+    CPU the aten ops that do work (views left out: about what a GPU would launch)."""
+    if device.type != "cuda":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        ops = []
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                ops.append(str(func.overloadpacket))
+                return func(*args, **(kwargs or {}))
+        with Count():
+            fn()
+        return {"aten ops": round(sum(op not in VIEW_OPS for op in ops) / per, 1)}
     from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         sync(device)
     events = {e.key: e.count for e in prof.key_averages()}
-    if device.type == "cuda":
-        return {kind: round(sum(events.get(n, 0) for n in names) / per, 1) for kind, names in RUNTIME_CALLS.items()}
-    return {"aten ops": round(sum(c for k, c in events.items() if k.startswith("aten::")) / per, 1)}
+    return {kind: round(sum(events.get(n, 0) for n in names) / per, 1) for kind, names in RUNTIME_CALLS.items()}
 
 
 def describe_counts(counts: dict) -> str:

@@ -183,7 +183,7 @@ def main(argv=None):
     print("  (sum of per-call minima, ms: " + ", ".join(f"{k} {t * 1e3:.2f}" for k, t in attn_min.items()) +
           f"; patched/plain: minima {attn_min['patched'] / attn_min['plain']:.4f}, "
           f"back-to-back {hb.paired_ratio(per_call, 'patched', 'plain'):.4f})", flush=True)
-    del calls, scales, per_call
+    calls = scales = per_call = None      # free the captured tensors before the sampler runs
 
     # Whole sampler runs, ABBA-interleaved after warm-up; a step is a run's time / --steps.
     kinds = {"plain": lambda: sample(model, positive), "steered": lambda: sample(steered, positive_steered)}
