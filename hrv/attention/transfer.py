@@ -16,4 +16,8 @@ def to_device(host: torch.Tensor, device: torch.device, dtype: torch.dtype | Non
         host = host.to(dtype)
     if torch.device(device).type != "cuda":
         return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+    try:
+        pinned = host.pin_memory()
+    except RuntimeError:        # no pinned memory to be had (e.g. a locked-down container): a plain, waiting copy
+        return host.to(device)
+    return pinned.to(device, non_blocking=True)
