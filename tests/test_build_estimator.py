@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from harness.oplog import OpLog
 
 from hrv.build.estimator import (DEFAULT_ESTIMATOR, ESTIMATORS, ConceptTokenBank, all_words_head_votes,
                                  check_estimator, paper_head_votes, paper_word_attention, sample_word_indices,
@@ -215,25 +216,6 @@ def test_bank_from_a_comfyui_clip(arch, dim):
     assert torch.allclose(bank.concept_words().embeddings, words.embeddings, atol=1e-5)
 
 
-class _OpLog:
-    """Every aten op a block runs (a value read on the host shows up as aten._local_scalar_dense)."""
-
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        ops = self.ops = []
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                ops.append(str(func.overloadpacket))
-                return func(*args, **(kwargs or {}))
-        self._mode = Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
-
-
 def _scorer_ops(heads, n_concepts, batch=3, positions=16):
     """The aten ops of one paper_head_votes call (the bank's index tensors already made)."""
     g = torch.Generator().manual_seed(1)
@@ -245,7 +227,7 @@ def _scorer_ops(heads, n_concepts, batch=3, positions=16):
     q = torch.randn(batch, positions, heads * 2, generator=g)
     indices = sample_word_indices_batch(bank, 0, list(range(batch)), 0, 0)
     paper_head_votes(q, keys, heads, bank, indices)                     # makes the bank's index tensors once
-    with _OpLog() as log:
+    with OpLog() as log:
         paper_head_votes(q, keys, heads, bank, indices)                 # 16 positions: one chunk
     return log.ops
 
