@@ -13,7 +13,8 @@
 A guided step's time is (run - plain steps that were not excited) / excited steps, relative to a plain step. The
 iterative refinement (at most --max-refinement extra passes at the reference's steps 0, 10, 20 of 50) repeats that
 pass; its cost per pass is printed from a run with refinement. Peak memory: max_memory_allocated on a GPU (reset
-before each run), peak resident memory on the CPU (its growth over the plain runs). Prints last
+before each run), peak resident memory on the CPU (its growth over the plain runs). The UNet is built under inference
+mode, as ComfyUI loads checkpoints, so the copy A&E makes of such weights for its gradient passes shows. Prints last
 `ae_guided_step_ratio=` (A&E-HRV) and `ae_peak_memory_ratio=`.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     from hrv.attention import attach_request
     print(hb.describe_machine(attention, device, dtype, args), flush=True)
 
-    model = hb.build_model("sd1", args.unet, device, dtype)
+    with torch.inference_mode():        # as ComfyUI's executor loads a checkpoint: A&E must copy such weights
+        model = hb.build_model("sd1", args.unet, device, dtype)
     hrv, source = load_hrv("sd1", args.reference_dir)
     clip = tokenizer_clip("sd1")
     excited_model = install_excite(model)
