@@ -2,7 +2,8 @@
 
 ComfyUI batches the chunks of several conditionings into one UNet call (cond and uncond under CFG, the
 extra passes of SAG, PerpNeg or DualCFG) and names each chunk's conditioning in
-`transformer_options["uuids"]`. This is the only place of the pack that reads it. A uuid can be borrowed:
+`transformer_options["uuids"]`. Only the attention core reads it: this module maps chunks to conditionings, and
+run.py keys its per-UNet-call memo on the list's identity. A uuid can be borrowed:
 ComfyUI's copies of the negative for area conditionings keep the area entry's uuid, so within one
 calc_cond_batch call a chunk is named by (cond_or_uncond, uuid), cond_or_uncond being its cond list's index.
 """

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 
@@ -43,6 +43,19 @@ def request_block(layout, key: tuple, heads: int, what: str, error: type = Runti
         raise error(f"cross-attention {name} has {heads} heads but the HRV expects {block.num_heads}: the HRV was "
                     "made for another architecture")
     return block
+
+
+MAX_PLANS_PER_REQUEST = 1024    # transformers x batch layouts x devices; a request rarely sees more than 70 x 2
+
+
+def kept_plan(plans: dict, key, build: Callable[[], Any]):
+    """A processor's device tensors for `key`, kept in a request's `plans` dict across sampling runs (requests are
+    immutable and live as long as their conditioning), made by build() on first use; a full dict starts over."""
+    if key not in plans:
+        if len(plans) >= MAX_PLANS_PER_REQUEST:
+            plans.clear()
+        plans[key] = build()
+    return plans[key]
 
 
 class Processor(Protocol):

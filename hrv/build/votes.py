@@ -140,7 +140,6 @@ class VoteRecorder:
         self._columns: dict = {}                  # (attn2 key, rows, device) -> int64 [rows * heads] columns
         self._ones: dict = {}                     # (n, device) -> int64 [n] ones: the index_put_ increments
         self._position = {b.key: i for i, b in enumerate(layout.blocks)}   # transformer number of the word draw
-        self._table = None                        # int64 [B, S, T, C]: the words of this run's prompts
         self._tables: dict = {}                   # device -> SlotTables [T, S, B, ...] of those words
         self._step_for: tuple = (None, None)      # (sigmas tensor of the current model call, its step)
         self.start_prompt()
@@ -162,7 +161,6 @@ class VoteRecorder:
             # ([transformers, steps, prompts, ...]): an attention call only selects its step.
             table = torch.stack([sample_word_table(self.bank, self.seed, i, self.steps, len(self._position))
                                  for i in self.prompt_indices])                              # [B, S, T, C]
-            self._table = table
             self._tables["cpu"] = slot_tables(self.bank, table.permute(2, 1, 0, 3).contiguous())
 
     def end_step(self, step_index: int) -> None:

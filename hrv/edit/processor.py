@@ -18,13 +18,13 @@ from typing import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
+from ..attention.processor import kept_plan
 from ..attention.transfer import to_device
 from ..format.layout import attention_levels
 from . import fused
 from .request import FEATURE, EditRequest
 
 STEP_KEY = (FEATURE, "step")
-MAX_PLANS_PER_REQUEST = 1024        # transformers x batch layouts x devices
 BLEND_KEY = (FEATURE, "blend")      # run.cache: {id(request): BlendMaps} of the current model call
 
 
@@ -201,20 +201,18 @@ class EditProcessor:
             key = ("self", chunk.rows.start, chunk.rows.stop, batch, v.device)
         else:
             key = (call.key, chunk.rows.start, chunk.rows.stop, batch, context, channels, v.device, v.dtype)
-        plan = request.plans.get(key)
-        if plan is None:
-            if len(request.plans) >= MAX_PLANS_PER_REQUEST:
-                request.plans.clear()
-            if self_attention:
-                rows = range(chunk.rows.start, chunk.rows.stop)
-                if len(rows) % 2:
-                    raise EditRuntimeError(f"the edit conditioning got {len(rows)} latent row(s); it needs pairs "
-                                           "(source, target): connect the LATENT output of HRV Prompt Edit to the sampler")
-                plan = _RowsPlan(_take_source_rows(rows, batch, v.device))
-            else:
-                plan = _Plan(call, chunk, request, batch, context, channels, v.device, v.dtype)
-            request.plans[key] = plan
-        return plan
+        return kept_plan(request.plans, key, lambda: self._new_plan(call, chunk, request, v, self_attention))
+
+    @staticmethod
+    def _new_plan(call: AttnCall, chunk: Chunk, request: EditRequest, v, self_attention: bool):
+        batch, context, channels = v.shape
+        if not self_attention:
+            return _Plan(call, chunk, request, batch, context, channels, v.device, v.dtype)
+        rows = range(chunk.rows.start, chunk.rows.stop)
+        if len(rows) % 2:
+            raise EditRuntimeError(f"the edit conditioning got {len(rows)} latent row(s); it needs pairs "
+                                   "(source, target): connect the LATENT output of HRV Prompt Edit to the sampler")
+        return _RowsPlan(_take_source_rows(rows, batch, v.device))
 
     @staticmethod
     def _replace_cross(call: AttnCall, plan: _Plan, q, k, v):

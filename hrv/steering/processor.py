@@ -15,12 +15,9 @@ from typing import Sequence
 import torch
 
 from ..attention import AttnCall, Chunk
-from ..attention.processor import request_block
+from ..attention.processor import kept_plan, request_block
 from ..attention.transfer import to_device
 from .request import FEATURE, SteerRequest
-
-MAX_PLANS_PER_REQUEST = 1024      # transformers x batch layouts x devices; a request rarely sees more than 70 x 2
-
 
 class SteeringRuntimeError(RuntimeError):
     """A conditioning met during sampling that does not fit the model."""
@@ -66,20 +63,16 @@ def chunk_plan(call: AttnCall, chunk: Chunk, context: int, channels: int, device
     request: SteerRequest = chunk.request
     period = chunk.context_length or request.context_length
     key = (call.key, chunk.rows.start, chunk.rows.stop, period, context, channels, device, dtype)
-    plans = request.plans
-    if key not in plans:
-        if len(plans) >= MAX_PLANS_PER_REQUEST:
-            plans.clear()
-        plans[key] = build_chunk_plan(request, call.key, call.heads, chunk.rows, period, context, channels, device,
-                                      dtype)
-    return plans[key]
+    return kept_plan(request.plans, key, lambda: build_chunk_plan(request, call.key, call.heads, chunk.rows, period,
+                                                                  context, channels, device, dtype))
 
 
 class _CallPlan:
     """What one batch layout steers in one transformer: every chunk's rows, merged where no gate splits them."""
 
-    def __init__(self, chunks, parts: list[tuple[ChunkPlan, tuple[float, float] | None]]):
+    def __init__(self, chunks, parts: list[tuple[ChunkPlan, tuple[float, float] | None]], device):
         self.chunks = chunks        # the chunk list this plan was made for (its identity keys the run's cache)
+        self.device = device
         self.gated = [(p, gate) for p, gate in parts if gate is not None]
         fixed = [p for p, gate in parts if gate is None]
         self.index = self.factors = None
@@ -104,7 +97,7 @@ def _call_plan(call: AttnCall, chunks: Sequence[Chunk], context: int, channels: 
             if request.gated:     # sigmas of the run's model, so per run
                 gate = (call.run.percent_to_sigma(request.start_percent), call.run.percent_to_sigma(request.end_percent))
             parts.append((plan, gate))
-    return _CallPlan(chunks, parts)
+    return _CallPlan(chunks, parts, device)
 
 
 def _gated(call: AttnCall, plan: ChunkPlan, gate: tuple[float, float]) -> torch.Tensor:
@@ -132,9 +125,7 @@ class SteeringProcessor:
         cache_key = (FEATURE, call.key, id(chunks), context, v.dtype)
         plan = cache.get(cache_key)
         if plan is None or plan.chunks is not chunks or plan.device != v.device:
-            plan = _call_plan(call, chunks, context, channels, v.device, v.dtype)
-            plan.device = v.device
-            cache[cache_key] = plan
+            plan = cache[cache_key] = _call_plan(call, chunks, context, channels, v.device, v.dtype)
         if plan.empty:
             return q, k, v
         index, factors = plan.index, plan.factors
